@@ -1,0 +1,35 @@
+"""keras_nrnn: Noisy recurrent neural networks (Lim, Erichson, Hodgkinson, Mahoney, 2021) for Keras.
+
+Cells are `keras.layers.RNN`-compatible; their update is an Euler-Maruyama step of an SDE
+whose noise is active only in training mode.
+
+Example:
+
+>>> import keras
+>>> from keras_nrnn import NoisyLipschitzCell
+>>> model = keras.Sequential([
+...     keras.Input((140, 1)),
+...     keras.layers.RNN(NoisyLipschitzCell(16, dt=0.1, beta=0.9, additive_noise=0.06,
+...                                         multiplicative_noise=0.03, seed=0)),
+...     keras.layers.Dense(2),
+... ])
+>>> model.output_shape
+(None, 2)
+"""
+
+from keras_nrnn import noise, parametrization, schemes
+from keras_nrnn.cells.base import SDECell
+from keras_nrnn.cells.lipschitz import LipschitzCell, NoisyLipschitzCell
+from keras_nrnn.noise import DiagonalNoise
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiagonalNoise",
+    "LipschitzCell",
+    "NoisyLipschitzCell",
+    "SDECell",
+    "noise",
+    "parametrization",
+    "schemes",
+]

@@ -1,0 +1,1 @@
+"""Keras RNN cells whose update is a step of an SDE."""

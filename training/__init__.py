@@ -1,0 +1,1 @@
+"""Training tools for keras_nrnn: datasets, tf.data pipelines and experiment runners."""
