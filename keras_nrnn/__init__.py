@@ -20,11 +20,13 @@ Example:
 from keras_nrnn import noise, parametrization, schemes
 from keras_nrnn.cells.base import SDECell
 from keras_nrnn.cells.lipschitz import LipschitzCell, NoisyLipschitzCell
+from keras_nrnn.layers.sde_rnn import SDERNN
 from keras_nrnn.noise import DiagonalNoise
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SDERNN",
     "DiagonalNoise",
     "LipschitzCell",
     "NoisyLipschitzCell",

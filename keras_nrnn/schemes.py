@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 
-from keras import ops, random
+from keras import ops
 
+from keras_nrnn import random_ops
 from keras_nrnn.noise import DiagonalNoise
 from keras_nrnn.validation import check_choice
 
@@ -47,7 +48,7 @@ class Scheme:
 
     def draw(self, shape, dtype, seed) -> tuple:
         """Standard normal draws for one step (or a stack of steps) of `shape`."""
-        return (random.normal(shape, dtype=dtype, seed=seed),)
+        return (random_ops.normal(shape, dtype, seed),)
 
     def step(self, h, f, dt, noise: DiagonalNoise | None, draws: tuple | None):
         """Advance `h` by one step; `draws=None` gives the deterministic (inference) update."""
@@ -118,10 +119,7 @@ class ResearchEuler(Scheme):
     name = "research"
 
     def draw(self, shape, dtype, seed) -> tuple:
-        return (
-            random.normal(shape, dtype=dtype, seed=seed),
-            random.uniform(shape, dtype=dtype, seed=seed),
-        )
+        return (random_ops.normal(shape, dtype, seed), random_ops.uniform(shape, dtype, seed))
 
     def step(self, h, f, dt, noise, draws):
         if draws is None or noise is None or not noise.active:

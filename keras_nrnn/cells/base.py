@@ -22,16 +22,9 @@ import keras
 from keras import ops
 
 from keras_nrnn import schemes as schemes_lib
+from keras_nrnn._keras_internals import PreLoopHook as _PreLoopHook
 from keras_nrnn.noise import DiagonalNoise
 from keras_nrnn.validation import check_choice, check_positive, check_positive_int
-
-try:  # The hook keras.layers.RNN calls before its loop; not exported publicly by Keras.
-    from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell as _PreLoopHook
-except ImportError:  # pragma: no cover - older/newer Keras: fall back to per-step work.
-
-    class _PreLoopHook:  # type: ignore[no-redef]
-        pass
-
 
 __all__ = ["LEARNABLE_DT", "SDECell"]
 

@@ -1,0 +1,1 @@
+"""Sequence-level layers built on the cells."""
