@@ -181,8 +181,7 @@ class ECG5000Data:
         if name == "test":
             return self.x_test, self.y_test
         raise ValueError(
-            "Argument `name` must be one of 'train', 'validation', 'test'; "
-            f"received name={name!r}."
+            f"Argument `name` must be one of 'train', 'validation', 'test'; received name={name!r}."
         )
 
     def class_counts(self) -> dict[str, dict[int, int]]:
@@ -354,9 +353,7 @@ def _download(cache_dir: Path) -> ResolvedFiles:
                 hashes[name] = _verify(name, data, where, _fix_for("download", archive))
                 contents[name] = data
     paths = {name: atomic_write_bytes(cache_dir / name, contents[name]) for name in FILES}
-    return ResolvedFiles(
-        source="download", paths=paths, contents=contents, sha256=hashes, url=url
-    )
+    return ResolvedFiles(source="download", paths=paths, contents=contents, sha256=hashes, url=url)
 
 
 def resolve_ecg5000_files(
