@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,16 +17,17 @@ __all__ = [
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # numbers.Real admits numpy scalars (np.float32(0.1) from a hyperparameter grid).
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_positive_int(name: str, value: Any) -> int:
     """Return `value` if it is an integer > 0, else raise a `ValueError` naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(
             f"Argument `{name}` must be a positive integer; received {name}={value!r}."
         )
-    return value
+    return int(value)
 
 
 def check_positive(name: str, value: Any) -> float:

@@ -71,6 +71,14 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
             check_choice("learnable_dt", learnable_dt, LEARNABLE_DT)
         self.learnable_dt = learnable_dt
         self.noise = DiagonalNoise(additive_noise, multiplicative_noise)
+        if not self.supports_noise and (self.noise.active or seed is not None):
+            # get_config omits the noise of a deterministic cell: a silently noisy one would
+            # not survive a save / load round trip.
+            raise ValueError(
+                f"{type(self).__name__} is deterministic and takes no noise arguments; received "
+                f"additive_noise={additive_noise!r}, multiplicative_noise="
+                f"{multiplicative_noise!r}, seed={seed!r}. Use its Noisy* counterpart."
+            )
         if scheme == "research" and self.noise.multiplicative > 1.0:
             raise ValueError(
                 "Argument `multiplicative_noise` must be <= 1 with scheme='research' (the "
@@ -220,7 +228,10 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
         h = ops.cast(h, self.compute_dtype)
         cache = self._cache()
         f = self.drift(inputs, h, cache)
-        h_new = self.integrate(h, f, training, cache.get("dt", self.step_size()))
+        # Not `cache.get("dt", self.step_size())`: the default would read and cast the dt
+        # variable at every step even though the per-sequence cache already holds it.
+        dt = cache["dt"] if "dt" in cache else self.step_size()
+        h_new = self.integrate(h, f, training, dt)
         return h_new, [h_new]
 
     def get_initial_state(self, batch_size=None):
@@ -229,6 +240,11 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
     # ------------------------------------------- pre-loop hook of keras.layers.RNN
     def get_dropout_mask(self, step_input):
         """Called once by `keras.layers.RNN` before its loop: caches `precompute()`."""
+        # Check the input before caching, so that a bad input cannot leave a cache behind.
+        self._check_step_input(step_input)
+        # Recompute even if a cache is set: one left over by a call that failed inside the
+        # loop holds stale values (or tensors of a graph that no longer exists).
+        self._sequence_cache = None
         self._sequence_cache = self._cache()
         return None
 

@@ -29,9 +29,7 @@ def _get_activation(activation: Any):
             "Argument `activation` must be the name of a Keras activation (e.g. 'tanh') or a "
             f"callable; received activation={activation!r}."
         ) from err
-    if fn is None:
-        raise ValueError("Argument `activation` must not be None; use 'linear' for identity.")
-    return fn
+    return fn  # None gives the identity, as everywhere in Keras
 
 
 @keras.saving.register_keras_serializable(package="keras_nrnn")

@@ -119,7 +119,7 @@ class SDERNN(keras.layers.Layer):
         dtype = cell.compute_dtype
         sequences = ops.cast(sequences, dtype)
         cache = cell._cache()
-        dt = cache.get("dt", cell.step_size())
+        dt = cache["dt"] if "dt" in cache else cell.step_size()
         # Time-major from here: (time, batch, units).
         projected = ops.transpose(cell.project_inputs(sequences, cache), (1, 0, 2))
         if initial_state is None:
