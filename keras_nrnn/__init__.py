@@ -18,7 +18,10 @@ Example:
 """
 
 from keras_nrnn import noise, parametrization, schemes
+from keras_nrnn.cells.antisymmetric import AntisymmetricCell, NoisyAntisymmetricCell
 from keras_nrnn.cells.base import SDECell
+from keras_nrnn.cells.cornn import CoRNNCell, NoisyCoRNNCell
+from keras_nrnn.cells.exprnn import ExpRNNCell, NoisyExpRNNCell
 from keras_nrnn.cells.lipschitz import LipschitzCell, NoisyLipschitzCell
 from keras_nrnn.layers.sde_rnn import SDERNN
 from keras_nrnn.noise import DiagonalNoise
@@ -27,8 +30,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SDERNN",
+    "AntisymmetricCell",
+    "CoRNNCell",
     "DiagonalNoise",
+    "ExpRNNCell",
     "LipschitzCell",
+    "NoisyAntisymmetricCell",
+    "NoisyCoRNNCell",
+    "NoisyExpRNNCell",
     "NoisyLipschitzCell",
     "SDECell",
     "noise",
