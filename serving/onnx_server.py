@@ -1,0 +1,177 @@
+"""onnxruntime model server with TF Serving's REST and gRPC APIs.
+
+Usage:
+
+    python -m serving.onnx_server EXPORT_BASE [--name NAME] [--port 8501] [--grpc-port 8500]
+        [--host 127.0.0.1] [--poll-seconds 1] [--num-versions 1] [--max-batch-size 256]
+        [--max-body-bytes 8388608] [--intra-op-threads 1] [--inference-threads N]
+        [--batching/--no-batching] [--batch-max-size 64] [--batch-timeout-micros 0]
+
+Serves `EXPORT_BASE/<version>/model.onnx` (signature `serving_default`) and
+`model_streaming.onnx` (`streaming_step`) of the newest version(s), polls the folder every
+`--poll-seconds` for new or removed versions (no restart needed), answers TF Serving's REST API
+on `--port` (FastAPI + uvicorn) and TF Serving's gRPC PredictionService/ModelService on
+`--grpc-port` (0 disables gRPC). Concurrent requests are merged into one onnxruntime run
+(`serving.batching`; `--no-batching` turns it off). Binds 127.0.0.1 unless told otherwise.
+TensorFlow is not imported (the gRPC protos are loaded without it, see `serving/_protos.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main", "serve"]
+
+log = logging.getLogger("serving")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of `python -m serving.onnx_server`."""
+    ap = argparse.ArgumentParser(
+        prog="python -m serving.onnx_server",
+        description="Serve an export base with onnxruntime behind TF Serving's REST/gRPC APIs.")
+    ap.add_argument("export_base", type=Path, help="folder with integer version subfolders")
+    ap.add_argument("--name", default=None,
+                    help="model name in URLs (default: metadata.json name, else folder name)")
+    ap.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
+    ap.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
+    ap.add_argument("--grpc-port", type=int, default=8500,
+                    help="gRPC port (default 8500; 0 disables gRPC)")
+    ap.add_argument("--poll-seconds", type=float, default=1.0,
+                    help="how often to look for new version folders (default 1 s)")
+    ap.add_argument("--num-versions", type=int, default=1,
+                    help="how many of the newest versions to keep loaded (default 1)")
+    ap.add_argument("--max-batch-size", type=int, default=256,
+                    help="largest batch per request (default 256)")
+    ap.add_argument("--max-body-bytes", type=int, default=8 << 20,
+                    help="largest REST request body / gRPC message (default 8 MiB)")
+    ap.add_argument("--intra-op-threads", type=int, default=1,
+                    help="onnxruntime intra-op threads per session (default 1)")
+    ap.add_argument("--inference-threads", type=int, default=None,
+                    help="sessions run concurrently in this many threads (default: CPU count)")
+    ap.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                    help="merge concurrent requests into one session run (default on)")
+    ap.add_argument("--batch-max-size", type=int, default=64,
+                    help="largest merged batch when batching (default 64)")
+    ap.add_argument("--batch-timeout-micros", type=int, default=0,
+                    help="wait this long for a batch to fill (default 0: greedy, no wait)")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return ap
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag in ("port", "grpc_port"):
+        value = getattr(args, flag)
+        if not 0 <= value <= 65535:
+            raise SystemExit(f"Argument `--{flag.replace('_', '-')}` must be in [0, 65535]; "
+                             f"received {value}.")
+    if args.poll_seconds <= 0:
+        raise SystemExit(f"Argument `--poll-seconds` must be > 0; received {args.poll_seconds}.")
+    if not args.export_base.is_dir():
+        raise SystemExit(f"Argument `export_base` must be an existing folder; received "
+                         f"{str(args.export_base)!r}.")
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Run the server until interrupted (SIGINT/SIGTERM).
+
+    Args:
+        args: parsed arguments of `build_parser()`.
+    """
+    import uvicorn
+
+    from serving.model_repo import ModelRepository
+    from serving.rest_api import create_app
+
+    try:
+        repo = ModelRepository(
+            args.export_base, name=args.name, num_versions=args.num_versions,
+            intra_op_threads=args.intra_op_threads, inference_threads=args.inference_threads,
+            wait_for_stable=False, batching=args.batching, batch_max_size=args.batch_max_size,
+            batch_timeout_s=args.batch_timeout_micros / 1e6)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    repo.refresh()
+    repo.wait_for_stable = True  # versions present at start-up load at once
+    if not repo.versions():
+        log.warning("No loadable version under %s yet; waiting for one (failures: %s)",
+                    args.export_base, repo.failures())
+    else:
+        log.info("Serving model %s versions %s from %s", repo.name,
+                 sorted(repo.versions()), args.export_base)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("Binding %s: the server is reachable from other hosts.", args.host)
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(args.poll_seconds):
+            try:
+                repo.refresh()
+            except Exception:  # keep polling whatever happens
+                log.exception("Refresh of %s failed", args.export_base)
+
+    grpc_server = None
+    if args.grpc_port:
+        from serving.grpc_service import start_grpc_server
+
+        grpc_server = start_grpc_server(repo, args.host, args.grpc_port,
+                                        max_batch_size=args.max_batch_size,
+                                        max_message_bytes=args.max_body_bytes)
+        log.info("gRPC PredictionService on %s:%d", args.host, grpc_server.bound_port)
+
+    app = create_app(repo, max_body_bytes=args.max_body_bytes,
+                     max_batch_size=args.max_batch_size)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: object) -> AsyncIterator[None]:
+        poller = threading.Thread(target=poll, name="version-poll", daemon=True)
+        poller.start()
+        yield
+        stop.set()
+
+    app.router.lifespan_context = lifespan
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    log.info("REST API on http://%s:%d/v1/models/%s", args.host, args.port, repo.name)
+    try:
+        asyncio.run(uvicorn.Server(config).serve())
+    finally:
+        stop.set()
+        if grpc_server is not None:
+            grpc_server.stop(grace=1).wait(2)
+        repo.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m serving.onnx_server`.
+
+    Args:
+        argv: arguments (default: `sys.argv[1:]`).
+
+    Returns:
+        Process exit code.
+
+    Example:
+
+    >>> main(["/path/to/export_base", "--port", "8501"])  # doctest: +SKIP
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_args(args)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    serve(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
