@@ -1,0 +1,266 @@
+"""`export_model`: one call from a trained model to a verified, versioned export folder."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from export.errors import ExportError
+from export.inference_model import InferenceModel, build_inference_model, load_source
+from export.metadata import METADATA_FILE, build_metadata, to_json
+from export.onnx_export import DEFAULT_OPSET, convert_function
+from export.options import FORMATS, check_version, parse_formats
+from export.savedmodel import save_inference_model
+from export.verify import SavedModelCliCheck, default_sample_inputs, verify_export
+from export.warmup import WARMUP_FILE, warmup_requests, write_warmup_file
+from keras_nrnn.io_utils import atomic_directory, atomic_write_text
+
+__all__ = ["FORMATS", "export_model", "next_version", "parse_formats"]
+
+logger = logging.getLogger(__name__)
+
+ONNX_SEQUENCE_FILE = "model.onnx"
+ONNX_STREAMING_FILE = "model_streaming.onnx"
+_RESERVED_METADATA = {
+    "name",
+    "version",
+    "keras_nrnn_version",
+    "features",
+    "num_classes",
+    "state_size",
+    "cells",
+    "model_config",
+    "training",
+    "metrics",
+    "data_checksums",
+    "exported_at",
+    "formats",
+}
+
+
+def next_version(base_dir: str | Path) -> int:
+    """One more than the largest integer-named folder in `base_dir` (1 if none).
+
+    Example:
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "3").mkdir(); (d / "x").mkdir()
+    >>> next_version(d)
+    4
+    """
+    base = Path(base_dir)
+    if not base.is_dir():
+        return 1
+    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d+", p.name)]
+    return max(versions, default=0) + 1
+
+
+def _check_sample_inputs(sample_inputs: Any, im: InferenceModel) -> np.ndarray:
+    if sample_inputs is None:
+        return default_sample_inputs(im.features, im.time_steps)
+    x = np.asarray(sample_inputs)
+    if (
+        x.ndim != 3
+        or x.shape[0] < 1
+        or x.shape[1] < 1
+        or x.shape[2] != im.features
+        or not np.issubdtype(x.dtype, np.number)
+    ):
+        raise ValueError(
+            "Argument `sample_inputs` must be a numeric array of shape (batch >= 1, time >= 1, "
+            f"{im.features}); received shape {x.shape} and dtype {x.dtype}."
+        )
+    if im.time_steps is not None and x.shape[1] != im.time_steps:
+        raise ValueError(
+            f"Argument `sample_inputs` must have {im.time_steps} time steps (the model's input "
+            f"length); received shape {x.shape}."
+        )
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("Argument `sample_inputs` must be finite (it holds NaN or inf).")
+    return x
+
+
+def export_model(
+    model_or_path: keras.Model | str | os.PathLike,
+    base_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    version: int | None = None,
+    formats: Iterable[str] | str = FORMATS,
+    metadata: dict | None = None,
+    sample_inputs: np.ndarray | None = None,
+) -> Path:
+    """Export a keras_nrnn classifier: SavedModel (TF Serving layout) and ONNX, verified.
+
+    Builds the noise-free float32 inference model (`export.inference_model`), writes
+
+        base_dir/<version>/saved_model.pb, variables/, assets/metadata.json,
+                           assets.extra/tf_serving_warmup_requests,
+                           model.onnx (whole sequence), model_streaming.onnx (one step)
+
+    into a temporary folder, verifies it (`export.verify`: no random op, Keras vs SavedModel
+    vs onnxruntime within 1e-5, streaming == whole sequence, `saved_model_cli`), and only then
+    renames it to `base_dir/<version>`. On any error nothing is left behind.
+
+    Args:
+        model_or_path: a `keras.Model`, a `.keras` file, or a run folder with `model.keras`
+            (and optional `config.json`, `results.json`, recorded in the metadata).
+        base_dir: the TF Serving model base folder (created if missing).
+        name: the model name for the metadata and warm-up requests (default: the run
+            folder's name, else the `.keras` file's stem, else the model's name).
+        version: the version folder (integer >= 1); default: one more than the largest
+            existing. An existing version is never overwritten.
+        formats: subset of `("savedmodel", "onnx")` (or a comma-separated string).
+        metadata: extra JSON-serializable keys for `metadata.json` (must not redefine the
+            standard keys).
+        sample_inputs: float32 (batch, time, features) inputs for verification and warm-up;
+            default: a deterministic standard normal batch (`verify.default_sample_inputs`).
+
+    Returns:
+        The version folder (`pathlib.Path`).
+
+    Raises:
+        ExportError: unsupported model, unreadable file, conversion error or failed check.
+        ValueError: a bad argument (unknown format, bad version or sample inputs).
+        FileExistsError: the version folder exists.
+
+    Example:
+
+    >>> import tempfile, keras
+    >>> from keras_nrnn import LipschitzCell
+    >>> m = keras.Sequential([keras.Input((None, 1)), keras.layers.RNN(LipschitzCell(4)),
+    ...                       keras.layers.Dense(2)])
+    >>> out = export_model(m, tempfile.mkdtemp(), formats=["savedmodel"])  # doctest: +SKIP
+    >>> out.name  # doctest: +SKIP
+    '1'
+    """
+    fmt = parse_formats(formats)
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise ValueError(
+                f"Argument `metadata` must be a dict or None; received {type(metadata).__name__}."
+            )
+        clash = sorted(_RESERVED_METADATA & set(metadata))
+        if clash:
+            raise ValueError(
+                f"Argument `metadata` must not redefine the standard keys {clash}."
+            )
+    if version is not None:
+        version = check_version(version)
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"Argument `name` must be a non-empty string; received name={name!r}.")
+
+    base = Path(base_dir)
+    if base.exists() and not base.is_dir():
+        raise ExportError(f"Export base {str(base)!r} exists and is not a folder.")
+    if version is not None and (base / str(version)).exists():
+        raise FileExistsError(
+            f"Version folder {str(base / str(version))!r} already exists; refusing to "
+            "overwrite it (choose another --version or omit it for the next one)."
+        )
+
+    source = load_source(model_or_path)
+    im = build_inference_model(source.model)
+    x = _check_sample_inputs(sample_inputs, im)
+    if name is None:
+        name = _default_name(source.source, im.original.name)
+    if version is None:
+        version = next_version(base)
+
+    meta = build_metadata(
+        im,
+        name=name,
+        version=version,
+        formats=fmt,
+        training_config=source.training_config,
+        results=source.results,
+        extra=metadata,
+        onnx_opset=DEFAULT_OPSET if "onnx" in fmt else None,
+    )
+    created_base = not base.exists()
+    final = base / str(version)
+    try:
+        with atomic_directory(final) as tmp:
+            started: list[SavedModelCliCheck] = []
+            try:
+                _write_export(tmp, im, meta, fmt, x, name, started)
+                cli_check = started[0] if started else None
+                report = verify_export(tmp, im, x, fmt, cli_check=cli_check)
+            finally:
+                for check in started:  # a failed export must not leave the tool running
+                    check.cancel()
+            _make_readable(tmp)
+            logger.info("export %s verified: %s", final, report)
+    except BaseException:
+        if created_base:
+            with contextlib.suppress(OSError):
+                base.rmdir()  # only if still empty
+        raise
+    return final
+
+
+def _default_name(source: str | None, model_name: str) -> str:
+    """Run folder name for `<run>/model.keras`, the file stem for another `.keras` file, else
+    the model's name."""
+    if source is None:
+        return model_name
+    path = Path(source)
+    return path.parent.name if path.name == "model.keras" else path.stem
+
+
+def _make_readable(root: Path) -> None:
+    """Folders 0755, files 0644: the temporary folder and files are private (0700/0600), but
+    a model server often runs as another user."""
+    for dirpath, _, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for filename in filenames:
+            os.chmod(os.path.join(dirpath, filename), 0o644)
+
+
+def _write_export(
+    tmp: Path,
+    im: InferenceModel,
+    meta: dict,
+    fmt: list[str],
+    x: np.ndarray,
+    name: str,
+    started: list,
+) -> None:
+    """Write every file; appends the `saved_model_cli` check it starts to `started`."""
+    meta_text = to_json(meta)
+    if "savedmodel" in fmt:
+        with tempfile.TemporaryDirectory(prefix=".metadata.", dir=tmp) as staging:
+            staged = atomic_write_text(Path(staging) / METADATA_FILE, meta_text)
+            save_inference_model(im, tmp, staged)
+        write_warmup_file(
+            tmp / "assets.extra" / WARMUP_FILE, warmup_requests(name, x, im.state_size)
+        )
+        started.append(SavedModelCliCheck(tmp))  # runs while the ONNX models are converted
+    else:
+        atomic_write_text(tmp / "assets" / METADATA_FILE, meta_text)
+    if "onnx" in fmt:
+        out_keys = ["logits", "probabilities", "classes"]
+        convert_function(
+            im.sequence_function(),
+            im.sequence_signature(),
+            tmp / ONNX_SEQUENCE_FILE,
+            output_names=out_keys,
+            opset=DEFAULT_OPSET,
+        )
+        convert_function(
+            im.step_function(),
+            im.step_signature(),
+            tmp / ONNX_STREAMING_FILE,
+            output_names=["new_state", *out_keys],
+            opset=DEFAULT_OPSET,
+        )

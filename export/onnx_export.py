@@ -1,0 +1,185 @@
+"""ONNX conversion with tf2onnx, failing loudly on anything tf2onnx would only log.
+
+`tf2onnx.convert.from_function` always converts with `continue_on_error=True`: an op it cannot
+map is logged ("Tensorflow op [...] is not supported", "Unsupported ops: ...", "Failed to
+convert node ...") and left in the graph. Here every ERROR record of the `tf2onnx` loggers
+during the conversion is captured and turned into an `ExportError`; the result is then checked
+with `onnx.checker.check_model(full_check=True)` and for its input/output names.
+
+The whole-sequence model has a dynamic time axis, which tf2onnx turns into an ONNX `Loop`
+(from the `tf.while_loop` of `InferenceModel.sequence`); onnxruntime runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import onnx
+import tensorflow as tf
+
+from export.errors import ExportError
+from keras_nrnn.io_utils import atomic_write_bytes
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "RANDOM_ONNX_OPS",
+    "convert_function",
+    "find_random_onnx_ops",
+    "onnx_op_types",
+]
+
+DEFAULT_OPSET = 17
+
+#: ONNX operators that draw random numbers (or may, like Dropout in training mode).
+RANDOM_ONNX_OPS = frozenset(
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+        "Dropout",
+    }
+)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.messages.append(record.getMessage())
+        except Exception:
+            self.messages.append(str(record.msg))
+
+
+@contextlib.contextmanager
+def _tf2onnx_errors() -> Iterator[_Collect]:
+    logger = logging.getLogger("tf2onnx")
+    handler = _Collect()
+    previous_level = logger.level
+    logger.addHandler(handler)
+    # Keep tf2onnx's INFO chatter out of the way, but let ERROR records reach the handler.
+    logger.setLevel(logging.WARNING)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _graphs(sub)
+
+
+def onnx_op_types(model: onnx.ModelProto) -> set[str]:
+    """All operator types of `model`, including those inside Loop/Scan/If subgraphs.
+
+    Example:
+
+    >>> from onnx import helper, TensorProto
+    >>> g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+    ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    >>> sorted(onnx_op_types(helper.make_model(g)))
+    ['Relu']
+    """
+    return {node.op_type for g in _graphs(model.graph) for node in g.node}
+
+
+def find_random_onnx_ops(model: onnx.ModelProto) -> list[str]:
+    """`"op_type:node_name"` of every random op of `model` (subgraphs included).
+
+    Example:
+
+    >>> from onnx import helper, TensorProto
+    >>> n = helper.make_node("RandomNormalLike", ["x"], ["y"], name="noise")
+    >>> g = helper.make_graph([n], "g",
+    ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    >>> find_random_onnx_ops(helper.make_model(g))
+    ['RandomNormalLike:noise']
+    """
+    return [
+        f"{node.op_type}:{node.name}"
+        for g in _graphs(model.graph)
+        for node in g.node
+        if node.op_type in RANDOM_ONNX_OPS
+    ]
+
+
+def convert_function(
+    function: tf.types.experimental.PolymorphicFunction,
+    input_signature: list[tf.TensorSpec],
+    path: str | Path,
+    *,
+    output_names: Iterable[str],
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Convert a `tf.function` to ONNX at `path`, or raise `ExportError`.
+
+    Args:
+        function: the `tf.function` to convert.
+        input_signature: its named `tf.TensorSpec`s; they become the ONNX input names.
+        path: where to write the `.onnx` file (atomically).
+        output_names: the expected ONNX output names (the keys of the function's output dict).
+        opset: the ONNX opset (default 17).
+
+    Returns:
+        The checked `onnx.ModelProto` (also written to `path`).
+
+    Raises:
+        ExportError: tf2onnx logged an error (e.g. an unsupported op), the model fails
+            `onnx.checker.check_model`, or its input/output names are not the expected ones.
+
+    Example:
+
+    >>> import tempfile, pathlib, tensorflow as tf
+    >>> spec = [tf.TensorSpec([None, 2], tf.float32, name="inputs")]
+    >>> fn = tf.function(lambda inputs: {"y": inputs * 2.0}, input_signature=spec)
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.onnx"
+    >>> [o.name for o in convert_function(fn, spec, p, output_names=["y"]).graph.output]
+    ['y']
+    """
+    import tf2onnx  # local: importing tf2onnx is slow and only needed here
+
+    path = Path(path)
+    with _tf2onnx_errors() as errors:
+        try:
+            model, _ = tf2onnx.convert.from_function(
+                function, input_signature=input_signature, opset=opset
+            )
+        except Exception as err:
+            raise ExportError(f"tf2onnx failed to convert {path.name}: {err}") from err
+    if errors.messages:
+        shown = "\n  ".join(m.splitlines()[0][:300] for m in errors.messages[:10])
+        raise ExportError(
+            f"tf2onnx reported {len(errors.messages)} error(s) converting {path.name} "
+            f"(opset {opset}); refusing to write a partial ONNX model:\n  {shown}"
+        )
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:
+        raise ExportError(f"{path.name} fails onnx.checker.check_model: {err}") from err
+    inputs = sorted(i.name for i in model.graph.input)
+    outputs = sorted(o.name for o in model.graph.output)
+    if inputs != sorted(s.name for s in input_signature) or outputs != sorted(output_names):
+        raise ExportError(
+            f"{path.name} has inputs {inputs} and outputs {outputs}; expected "
+            f"{sorted(s.name for s in input_signature)} and {sorted(output_names)}."
+        )
+    atomic_write_bytes(path, model.SerializeToString())
+    return model

@@ -1,0 +1,47 @@
+"""Argument checks shared by the API and the command line (no TensorFlow import here, so that
+`python -m export` reports a bad argument at once)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["FORMATS", "check_version", "parse_formats"]
+
+FORMATS = ("savedmodel", "onnx")
+
+
+def parse_formats(formats: str | Iterable[str]) -> list[str]:
+    """Validate `formats` (names or a comma-separated string); returns them in canonical order.
+
+    Example:
+
+    >>> parse_formats("onnx,savedmodel")
+    ['savedmodel', 'onnx']
+    """
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    names = [str(f).strip().lower() for f in items if str(f).strip()]
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown or not names:
+        raise ValueError(
+            f"Argument `formats` must be a non-empty subset of {list(FORMATS)}; received "
+            f"formats={formats!r}" + (f" (unknown: {unknown})." if unknown else ".")
+        )
+    return [f for f in FORMATS if f in names]
+
+
+def check_version(version: Any) -> int:
+    """`version` as an int >= 1, or a `ValueError` naming it.
+
+    Example:
+
+    >>> check_version(3)
+    3
+    """
+    is_int = not isinstance(version, bool) and hasattr(version, "__index__")
+    if not is_int or int(version) < 1:
+        raise ValueError(
+            "Argument `version` must be an integer >= 1 (TF Serving version folder); "
+            f"received version={version!r}."
+        )
+    return int(version)
