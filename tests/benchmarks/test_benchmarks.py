@@ -1,0 +1,432 @@
+"""Tests of the benchmark package: the torch baseline's numerics, the harness logic, the CLI.
+
+No test asserts a timing: the machine is shared, so only structure and numerics are checked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import contenders as contenders_mod
+from benchmarks import harness, runner
+from benchmarks.config import ECGConfig
+from benchmarks.contenders import ContenderUnavailableError, Options
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ECGConfig(units=8, timesteps=12)
+
+
+def _torch():
+    return pytest.importorskip(
+        "torch", reason="torch is an optional benchmark extra (pip install -e .[bench])"
+    )
+
+
+# --------------------------------------------------------------------------- torch baseline
+
+
+def _numpy_parametrize(M: np.ndarray, beta: float, gamma: float) -> np.ndarray:
+    n = M.shape[0]
+    return (1 - beta) * (M + M.T) + beta * (M - M.T) - gamma * np.eye(n)
+
+
+def _numpy_params(model) -> dict[str, np.ndarray]:
+    return {
+        "M_A": model.M_A.detach().double().numpy(),
+        "M_W": model.M_W.detach().double().numpy(),
+        "U": model.U.weight.detach().double().numpy(),
+        "b": model.U.bias.detach().double().numpy(),
+    }
+
+
+def _numpy_step(p, cfg: ECGConfig, h, x_t, xi=None) -> np.ndarray:
+    """Eq. 5 in float64: h + dt f + (sigma_1 + sigma_2 f) sqrt(dt) xi."""
+    A = _numpy_parametrize(p["M_A"], cfg.beta, cfg.gamma_a)
+    W = _numpy_parametrize(p["M_W"], cfg.beta, cfg.gamma_w)
+    f = h @ A.T + np.tanh(h @ W.T + x_t @ p["U"].T + p["b"])
+    out = h + cfg.dt * f
+    if xi is not None:
+        out = out + (cfg.additive_noise + cfg.multiplicative_noise * f) * math.sqrt(cfg.dt) * xi
+    return out
+
+
+def test_torch_parametrization_matches_numpy():
+    _torch()
+    from benchmarks.torch_baseline import build_model
+
+    model = build_model(SMALL, seed=3)
+    A, W = (m.detach().double().numpy() for m in model.matrices())
+    p = _numpy_params(model)
+    np.testing.assert_allclose(A, _numpy_parametrize(p["M_A"], 0.9, 0.001), atol=1e-6)
+    np.testing.assert_allclose(W, _numpy_parametrize(p["M_W"], 0.9, 0.001), atol=1e-6)
+    # the initial M_A has std init_std / units
+    big = build_model(ECGConfig(), seed=0)
+    assert big.M_A.detach().std().item() == pytest.approx(0.1 / 128, rel=0.05)
+
+
+@pytest.mark.parametrize("with_noise", [True, False])
+def test_torch_one_step_matches_numpy_eq5(with_noise):
+    torch = _torch()
+    from benchmarks.torch_baseline import build_model
+
+    model = build_model(SMALL, seed=1)
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((4, SMALL.units))
+    x_t = rng.standard_normal((4, 1))
+    xi = rng.standard_normal((4, SMALL.units)) if with_noise else None
+    A, W = model.matrices()
+    got = model.step(
+        torch.tensor(h, dtype=torch.float32),
+        torch.tensor(x_t, dtype=torch.float32),
+        A,
+        W,
+        None if xi is None else torch.tensor(xi, dtype=torch.float32),
+    )
+    want = _numpy_step(_numpy_params(model), SMALL, h, x_t, xi)
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_training_forward_uses_fresh_standard_normal_draws_per_step():
+    torch = _torch()
+    from benchmarks.torch_baseline import build_model
+
+    model = build_model(SMALL, seed=2)
+    x = torch.randn(3, 5, 1)
+    torch.manual_seed(7)
+    got = model(x)
+    # Replay the same random stream through the numpy eq. 5, one draw per step.
+    torch.manual_seed(7)
+    p = _numpy_params(model)
+    h = np.zeros((3, SMALL.units))
+    for t in range(5):
+        xi = torch.randn(3, SMALL.units).double().numpy()
+        h = _numpy_step(p, SMALL, h, x[:, t].double().numpy(), xi)
+    V = model.classifier.weight.detach().double().numpy()
+    c = model.classifier.bias.detach().double().numpy()
+    np.testing.assert_allclose(got.detach().numpy(), h @ V.T + c, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_eval_mode_is_deterministic_and_noise_free():
+    torch = _torch()
+    from benchmarks.torch_baseline import build_model
+
+    model = build_model(SMALL, seed=0)
+    x = torch.randn(2, SMALL.timesteps, 1)
+    noisy_a, noisy_b = model(x), model(x)
+    assert not torch.allclose(noisy_a, noisy_b), "training mode must draw noise"
+    model.eval()
+    with torch.inference_mode():
+        a, b = model(x), model(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # eval equals the deterministic (noisy=False) model in training mode
+    det = build_model(SMALL, noisy=False, seed=0)
+    torch.testing.assert_close(det(x).detach(), a)
+
+
+def test_torch_train_step_runs_and_lowers_loss_on_a_fixed_batch():
+    _torch()
+    from benchmarks.torch_baseline import make_train_step
+
+    step = make_train_step(8, 6, noisy=False, config=SMALL, seed=0)
+    losses = [step() for _ in range(30)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+
+
+def test_torch_missing_gives_install_hint(monkeypatch):
+    from benchmarks import torch_baseline
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
+    assert not torch_baseline.torch_available()
+    with pytest.raises(ModuleNotFoundError, match=r"torch==2\.13\.0.*\.\[bench\]"):
+        torch_baseline.import_torch()
+    with pytest.raises(ContenderUnavailableError, match=r"pip install -e \.\[bench\]"):
+        contenders_mod.create("torch-loop", Options())
+
+
+def test_torch_memory_subprocess_reports_figures():
+    _torch()
+    from benchmarks.memory import measure_in_subprocess
+
+    out = measure_in_subprocess("torch-loop", 20, 2, timeout_s=120)
+    assert "error" not in out, out
+    assert out["step_peak_mb"] >= out["step_transient_mb"] >= 0
+    assert out["process_peak_mb"] >= out["rss_before_step_mb"] > 0
+    assert out["process_peak_mb"] >= out["rss_setup_mb"] + out["step_peak_mb"] - 0.01
+
+
+def test_worker_process_runs_a_contender_and_reports_its_own_timings():
+    _torch()
+    from benchmarks.worker import RemoteContender
+
+    remote = RemoteContender("torch-loop", Options())
+    try:
+        remote.wait_ready()
+        infer = remote.make_inference(1, 10)
+        assert remote.make_train_step(2, 10, noisy=False) is not None
+        seconds = [infer() for _ in range(3)]
+        assert all(isinstance(t, float) and t > 0 for t in seconds)
+        remote.release()
+    finally:
+        remote.close()
+    assert remote._proc.returncode == 0
+
+
+def test_worker_reports_unavailable_contenders():
+    from benchmarks.worker import RemoteContender
+
+    remote = RemoteContender("onnx", Options())
+    with pytest.raises(ContenderUnavailableError, match="no --onnx FILE given"):
+        remote.wait_ready()
+    assert remote._proc.returncode is not None  # the worker was stopped
+
+
+# --------------------------------------------------------------------------- harness
+
+
+def test_median_iqr_and_ratio():
+    assert harness.median([5.0, 1.0, 3.0]) == 3.0
+    assert harness.median([1.0, 2.0, 3.0, 4.0]) == 2.5
+    with pytest.raises(ValueError, match="values"):
+        harness.median([])
+    assert harness.relative_iqr([2.0]) == 0.0
+    assert harness.relative_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx((4 - 2) / 3)
+    assert harness.ratio(6.0, 3.0) == 2.0
+    assert harness.ratio(1.0, 0.0) is None
+    assert harness.ratio(None, 1.0) is None
+
+
+def test_verdict_respects_direction_and_tolerance():
+    H, L = harness.HIGHER_IS_BETTER, harness.LOWER_IS_BETTER
+    assert harness.verdict(1.5, H) == "better"
+    assert harness.verdict(1.5, L) == "worse"
+    assert harness.verdict(0.5, L) == "better"
+    assert harness.verdict(1.03, H) == "on par"
+    assert harness.verdict(None, H) == "n/a"
+    with pytest.raises(ValueError, match="direction"):
+        harness.verdict(1.0, "sideways")
+
+
+def test_time_alternating_rotates_order_and_uses_the_clock():
+    calls: list[str] = []
+    ticks = itertools.count()
+    cost = {"a": 1, "b": 3}
+    now = [0.0]
+
+    def make(name):
+        def fn():
+            calls.append(name)
+            now[0] += cost[name]
+
+        return fn
+
+    def clock():
+        next(ticks)
+        return now[0]
+
+    out = harness.time_alternating(
+        {"a": make("a"), "b": make("b")}, warmup=1, repeats=4, items_per_call=10, clock=clock
+    )
+    assert calls[:2] == ["a", "b"]  # warm-up, then rounds in rotated order
+    assert calls[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert out["a"].samples_s == [1.0] * 4
+    assert out["b"].samples_s == [3.0] * 4
+    assert out["b"].median_ms == 3000.0
+    assert out["a"].items_per_s == pytest.approx(10.0)
+
+
+def test_time_alternating_self_timed_uses_returned_seconds():
+    out = harness.time_alternating(
+        {"w": lambda: 0.25}, warmup=2, repeats=3, self_timed=True,
+        clock=lambda: pytest.fail("clock must not be used"),
+    )
+    assert out["w"].samples_s == [0.25] * 3
+
+
+def test_time_alternating_min_time_adds_rounds_up_to_a_cap():
+    now = [0.0]
+
+    def fn():
+        now[0] += 0.1
+
+    out = harness.time_alternating(
+        {"x": fn}, warmup=0, repeats=2, min_time_s=0.55, clock=lambda: now[0]
+    )
+    assert len(out["x"].samples_s) == 6  # 6 x 0.1 s >= 0.55 s
+    capped = harness.time_alternating(
+        {"x": fn}, warmup=0, repeats=2, min_time_s=100.0, clock=lambda: now[0]
+    )
+    assert len(capped["x"].samples_s) == 8  # at most 4 x repeats rounds
+    budget = harness.time_alternating(
+        {"x": fn}, warmup=0, repeats=2, min_time_s=100.0, clock=lambda: now[0], max_extra_s=0.3
+    )
+    assert len(budget["x"].samples_s) == 3  # extra rounds stop once 0.3 s were spent
+
+
+def test_formatting():
+    assert harness.format_number(13012.4) == "13,012"
+    assert harness.format_number(3.84) == "3.84"
+    assert harness.format_number(0.5) == "0.500"
+    assert harness.format_number(None) == "-"
+    text = harness.format_table(["x", "value"], [["a", "1"], ["long", "22"]], markdown=False)
+    lines = text.splitlines()
+    assert lines[0].startswith("x     value")
+    assert lines[3] == "long  22"
+    with pytest.raises(ValueError, match="rows"):
+        harness.format_table(["x"], [["a", "b"]], markdown=True)
+
+
+def test_make_figure_and_rows_from_synthetic_timings():
+    fast = harness.Timing("ours", [0.050, 0.040, 0.060], items_per_call=128)
+    slow = harness.Timing("base", [0.100, 0.080, 0.120], items_per_call=128)
+    sides = {"base": "baseline", "ours": "ours"}
+    fig = runner.make_figure(
+        "train", "sequences/s", harness.HIGHER_IS_BETTER,
+        {"base": slow.items_per_s, "ours": fast.items_per_s}, sides,
+    )
+    assert fig["baseline"] == {"name": "base", "value": pytest.approx(1280.0)}
+    assert fig["ratio"]["ours"] == pytest.approx(2.0)
+    assert fig["verdict"]["ours"] == "better"
+    lat = runner.make_figure(
+        "lat", "ms", harness.LOWER_IS_BETTER,
+        {"base": slow.median_ms, "ours": fast.median_ms}, sides,
+    )
+    assert lat["ratio"]["ours"] == pytest.approx(0.5)
+    assert lat["verdict"]["ours"] == "better"
+    rows = runner.figure_rows({"t": fig, "l": lat})
+    assert rows[0] == [
+        "train [sequences/s]", "ours", "2,560", "1,280 (base)", "2.00", "higher is better",
+        "better",
+    ]
+    assert rows[1][4] == "0.500" and rows[1][5] == "lower is better"
+    # a second baseline-side contender is a reference row, not "ours"
+    ref = runner.make_figure(
+        "lat", "ms", harness.LOWER_IS_BETTER, {"base": 4.0, "base-1t": 2.0, "ours": 1.0},
+        {"base": "baseline", "base-1t": "baseline", "ours": "ours"},
+    )
+    assert ref["baseline"]["name"] == "base" and list(ref["ours"]) == ["ours"]
+    assert ref["reference_ratio"] == {"base-1t": 0.5}
+    assert runner.figure_rows({"l": ref})[1][1:5] == ["base-1t (ref)", "2.00", "4.00 (base)",
+                                                      "0.500"]
+    # without a baseline the ratio is missing, not invented
+    alone = runner.make_figure("t", "x", harness.LOWER_IS_BETTER, {"ours": 2.0}, sides)
+    assert alone["baseline"] is None and alone["ratio"] == {"ours": None}
+    assert runner.figure_rows({"t": alone})[0][4] == "-"
+
+
+def test_render_and_write_round_trip(tmp_path):
+    fig = runner.make_figure("lat", "ms", harness.LOWER_IS_BETTER, {"b": 2.0, "o": 1.0},
+                             {"b": "baseline", "o": "ours"})
+    results = {
+        "meta": {
+            "started_utc": "2026-01-01T00:00:00+00:00", "cpu": "cpu", "cpu_count": 2,
+            "threads": {"intra_op": 2, "inter_op": 1}, "loadavg_start": [0.1, 0, 0],
+            "loadavg_end": [0.2, 0, 0], "versions": {"python": "3.11"}, "quick": True,
+            "memory_measure": "RSS",
+        },
+        "figures": {"lat": fig},
+        "memory": {"140": {"o": {"step_peak_mb": 1.5, "step_transient_mb": 0.5,
+                                 "first_step_peak_mb": 2.0, "rss_setup_mb": 100.0,
+                                 "process_peak_mb": 120.0}}},
+        "skipped": {"onnx": "no --onnx FILE given"},
+    }
+    json_path, md_path = runner.write(results, tmp_path)
+    assert json.loads(json_path.read_text())["figures"]["lat"]["ratio"]["o"] == 0.5
+    md = md_path.read_text()
+    assert "| lat [ms] | o | 1.00 | 2.00 (b) | 0.500 | lower is better | better |" in md
+    assert "skipped onnx: no --onnx FILE given" in md
+    assert "| 140 | o | 1.50 | 0.500 | 2.00 | 100 | 120 |" in md
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_selection_and_exported_skips():
+    names = [s.name for s in contenders_mod.select("keras")]
+    assert "torch-loop" not in names and "keras-rnn-cell" in names and "onnx" in names
+    assert [s.name for s in contenders_mod.select("torch")] == ["torch-loop", "torch-loop-1thread"]
+    assert contenders_mod.select(None)[0].name == "torch-loop"  # baseline first
+    with pytest.raises(ValueError, match="only"):
+        contenders_mod.select("jax")
+    with pytest.raises(ValueError, match="registered contender"):
+        contenders_mod.get_spec("nope")
+    with pytest.raises(ContenderUnavailableError, match="no --onnx FILE given"):
+        contenders_mod.create("onnx", Options())
+    with pytest.raises(ContenderUnavailableError, match="no --savedmodel DIR given"):
+        contenders_mod.create("savedmodel", Options())
+    with pytest.raises(ContenderUnavailableError, match="does not exist"):
+        contenders_mod.create("onnx", Options(onnx="/nonexistent/model.onnx"))
+
+
+def test_a_new_contender_plugs_in_without_harness_changes():
+    class Fake(contenders_mod.Contender):
+        def make_inference(self, batch, timesteps):
+            return lambda: None
+
+    spec = contenders_mod.ContenderSpec(
+        "fake-test", contenders_mod.OURS, "keras", lambda name, opts: Fake(name, "ours", opts),
+        "test double", default=False,
+    )
+    contenders_mod.register(spec)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            contenders_mod.register(spec)
+        settings = runner.Settings(quick=True, only="keras", contenders=["fake-test"],
+                                   memory=False, isolate=False)
+        results = runner.run(settings)
+        assert results["contenders"] == {"fake-test": "ours"}
+        assert set(results["figures"]) == {
+            "train_seq_per_s", "noise_overhead", "infer_latency_ms_b1", "infer_seq_per_s_b256",
+        }
+        assert results["figures"]["infer_latency_ms_b1"]["ours"]["fake-test"] >= 0
+        assert results["figures"]["train_seq_per_s"]["ours"] == {}
+    finally:
+        contenders_mod.unregister("fake-test")
+
+
+# --------------------------------------------------------------------------- CLI end to end
+
+
+@pytest.mark.slow
+def test_cli_quick_keras_only_writes_expected_json(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "keras", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ours/baseline" in proc.stdout
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert (tmp_path / "latest.md").exists()
+    assert {"meta", "figures", "timings", "memory", "skipped", "contenders"} <= set(results)
+    assert set(results["figures"]) == {
+        "train_seq_per_s", "noise_overhead", "infer_latency_ms_b1", "infer_seq_per_s_b256",
+        "memory_step_peak_mb_T140",
+    }
+    assert "torch-loop" not in results["contenders"]
+    for key in ("keras-rnn-cell", "keras-rnn-cell-xla"):
+        assert results["figures"]["train_seq_per_s"]["ours"][key] > 0
+        assert results["figures"]["noise_overhead"]["ours"][key] > 0
+        assert results["figures"]["infer_latency_ms_b1"]["ours"][key] > 0
+    assert results["figures"]["infer_seq_per_s_b256"]["ours"]["keras-rnn-cell-predict"] > 0
+    assert results["figures"]["train_seq_per_s"]["direction"] == "higher is better"
+    assert results["figures"]["infer_latency_ms_b1"]["direction"] == "lower is better"
+    assert results["memory"]["140"]["keras-rnn-cell"]["step_peak_mb"] >= 0
+    assert results["skipped"]["onnx"] == "no --onnx FILE given"
+    assert results["meta"]["threads"] == {"intra_op": 2, "inter_op": 1}
+
+
+def test_cli_list_needs_no_framework():
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--list"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "torch-loop" in proc.stdout and "keras-rnn-cell-xla" in proc.stdout
