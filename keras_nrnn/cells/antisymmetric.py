@@ -25,39 +25,10 @@ import numpy as np
 from keras import ops
 
 from keras_nrnn.cells.base import SDECell
-from keras_nrnn.cells.lipschitz import _get_activation
 from keras_nrnn.parametrization import lipschitz_matrix
-from keras_nrnn.validation import check_non_negative
+from keras_nrnn.validation import check_bool, check_non_negative, get_activation
 
 __all__ = ["AntisymmetricCell", "NoisyAntisymmetricCell"]
-
-_GETTERS = {
-    "initializer": keras.initializers.get,
-    "regularizer": keras.regularizers.get,
-    "constraint": keras.constraints.get,
-}
-
-
-def _get_keras_object(kind: str, name: str, value: Any):
-    """`keras.<kind>s.get(value)`, with a `ValueError` naming the argument `name`.
-
-    Shared by the baseline cells (Antisymmetric, coRNN, expRNN).
-    """
-    try:
-        return _GETTERS[kind](value)
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            f"Argument `{name}` must be a Keras {kind} (a name, a config dict, an instance or "
-            f"None); received {name}={value!r}."
-        ) from err
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    """Return `value` as a bool if it is one (Python or numpy), else raise a `ValueError`."""
-    if not isinstance(value, bool | np.bool_):
-        raise ValueError(f"Argument `{name}` must be a bool; received {name}={value!r}.")
-    return bool(value)
-
 
 @keras.saving.register_keras_serializable(package="keras_nrnn")
 class AntisymmetricCell(SDECell):
@@ -129,27 +100,17 @@ class AntisymmetricCell(SDECell):
         super().__init__(units=units, dt=dt, learnable_dt=learnable_dt, scheme=scheme, **kwargs)
         self.gamma = check_non_negative("gamma", gamma)
         self.init_std = check_non_negative("init_std", init_std)
-        self.activation = _get_activation(activation)
-        self.use_bias = _check_bool("use_bias", use_bias)
-        self.kernel_initializer = _get_keras_object(
-            "initializer", "kernel_initializer", kernel_initializer
+        self.activation = get_activation(activation)
+        self.use_bias = check_bool("use_bias", use_bias)
+        self._set_keras_objects(
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
         )
-        self.bias_initializer = _get_keras_object(
-            "initializer", "bias_initializer", bias_initializer
-        )
-        self.kernel_regularizer = _get_keras_object(
-            "regularizer", "kernel_regularizer", kernel_regularizer
-        )
-        self.recurrent_regularizer = _get_keras_object(
-            "regularizer", "recurrent_regularizer", recurrent_regularizer
-        )
-        self.bias_regularizer = _get_keras_object(
-            "regularizer", "bias_regularizer", bias_regularizer
-        )
-        self.kernel_constraint = _get_keras_object(
-            "constraint", "kernel_constraint", kernel_constraint
-        )
-        self.bias_constraint = _get_keras_object("constraint", "bias_constraint", bias_constraint)
 
     def build_drift(self, input_dim: int) -> None:
         self.kernel = self.add_weight(
@@ -219,13 +180,6 @@ class AntisymmetricCell(SDECell):
             activation=keras.activations.serialize(self.activation),
             init_std=self.init_std,
             use_bias=self.use_bias,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            bias_initializer=keras.initializers.serialize(self.bias_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-            recurrent_regularizer=keras.regularizers.serialize(self.recurrent_regularizer),
-            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
-            kernel_constraint=keras.constraints.serialize(self.kernel_constraint),
-            bias_constraint=keras.constraints.serialize(self.bias_constraint),
         )
         return config
 

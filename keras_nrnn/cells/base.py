@@ -24,7 +24,13 @@ from keras import ops
 from keras_nrnn import schemes as schemes_lib
 from keras_nrnn._keras_internals import PreLoopHook as _PreLoopHook
 from keras_nrnn.noise import DiagonalNoise
-from keras_nrnn.validation import check_choice, check_positive, check_positive_int
+from keras_nrnn.validation import (
+    check_choice,
+    check_positive,
+    check_positive_int,
+    get_keras_object,
+    serialize_keras_object,
+)
 
 __all__ = ["LEARNABLE_DT", "SDECell"]
 
@@ -259,6 +265,15 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
         return None
 
     # ----------------------------------------------------------------- config
+    def _set_keras_objects(self, **objects: Any) -> None:
+        """Resolve and store `*_initializer`, `*_regularizer`, `*_constraint` arguments.
+
+        Each becomes an attribute of the same name and is serialized by `get_config`.
+        """
+        for name, value in objects.items():
+            setattr(self, name, get_keras_object(name, value))
+        self._keras_object_names = (*getattr(self, "_keras_object_names", ()), *objects)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
@@ -267,6 +282,8 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
             learnable_dt=self.learnable_dt,
             scheme=self.scheme,
         )
+        for name in getattr(self, "_keras_object_names", ()):
+            config[name] = serialize_keras_object(name, getattr(self, name))
         if self.supports_noise:
             config.update(
                 additive_noise=self.noise.additive,

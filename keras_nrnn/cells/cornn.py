@@ -42,10 +42,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_nrnn.cells.antisymmetric import _check_bool, _get_keras_object
 from keras_nrnn.cells.base import SDECell
-from keras_nrnn.cells.lipschitz import _get_activation
-from keras_nrnn.validation import check_non_negative
+from keras_nrnn.validation import check_bool, check_non_negative, get_activation
 
 __all__ = ["CoRNNCell", "NoisyCoRNNCell"]
 
@@ -133,34 +131,20 @@ class CoRNNCell(SDECell):
         super().__init__(units=units, dt=dt, learnable_dt=learnable_dt, scheme=scheme, **kwargs)
         self.gamma = check_non_negative("gamma", gamma)
         self.epsilon = check_non_negative("epsilon", epsilon)
-        self.implicit_damping = _check_bool("implicit_damping", implicit_damping)
-        self.activation = _get_activation(activation)
-        self.use_bias = _check_bool("use_bias", use_bias)
-        self.kernel_initializer = _get_keras_object(
-            "initializer", "kernel_initializer", kernel_initializer
+        self.implicit_damping = check_bool("implicit_damping", implicit_damping)
+        self.activation = get_activation(activation)
+        self.use_bias = check_bool("use_bias", use_bias)
+        self._set_keras_objects(
+            kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            recurrent_constraint=recurrent_constraint,
+            bias_constraint=bias_constraint,
         )
-        self.recurrent_initializer = _get_keras_object(
-            "initializer", "recurrent_initializer", recurrent_initializer
-        )
-        self.bias_initializer = _get_keras_object(
-            "initializer", "bias_initializer", bias_initializer
-        )
-        self.kernel_regularizer = _get_keras_object(
-            "regularizer", "kernel_regularizer", kernel_regularizer
-        )
-        self.recurrent_regularizer = _get_keras_object(
-            "regularizer", "recurrent_regularizer", recurrent_regularizer
-        )
-        self.bias_regularizer = _get_keras_object(
-            "regularizer", "bias_regularizer", bias_regularizer
-        )
-        self.kernel_constraint = _get_keras_object(
-            "constraint", "kernel_constraint", kernel_constraint
-        )
-        self.recurrent_constraint = _get_keras_object(
-            "constraint", "recurrent_constraint", recurrent_constraint
-        )
-        self.bias_constraint = _get_keras_object("constraint", "bias_constraint", bias_constraint)
         self.state_size = [self.units, self.units]
         self.output_size = self.units
 
@@ -271,15 +255,6 @@ class CoRNNCell(SDECell):
             implicit_damping=self.implicit_damping,
             activation=keras.activations.serialize(self.activation),
             use_bias=self.use_bias,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            recurrent_initializer=keras.initializers.serialize(self.recurrent_initializer),
-            bias_initializer=keras.initializers.serialize(self.bias_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-            recurrent_regularizer=keras.regularizers.serialize(self.recurrent_regularizer),
-            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
-            kernel_constraint=keras.constraints.serialize(self.kernel_constraint),
-            recurrent_constraint=keras.constraints.serialize(self.recurrent_constraint),
-            bias_constraint=keras.constraints.serialize(self.bias_constraint),
         )
         return config
 

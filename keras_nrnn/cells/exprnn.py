@@ -38,9 +38,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_nrnn.cells.antisymmetric import _get_keras_object
 from keras_nrnn.cells.base import SDECell
 from keras_nrnn.parametrization import skew_symmetric
+from keras_nrnn.validation import get_keras_object
 
 __all__ = [
     "SKEW_INITIALIZERS",
@@ -263,27 +263,19 @@ class ExpRNNCell(SDECell):
     ) -> None:
         super().__init__(units=units, dt=dt, learnable_dt=learnable_dt, scheme=scheme, **kwargs)
         self.recurrent_initializer = _get_recurrent_initializer(recurrent_initializer)
-        self.kernel_initializer = _get_keras_object(
-            "initializer", "kernel_initializer", kernel_initializer
+        self._set_keras_objects(
+            kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
         )
         self.bias_initializer = (
             keras.initializers.RandomUniform(-0.01, 0.01)
             if bias_initializer is None
-            else _get_keras_object("initializer", "bias_initializer", bias_initializer)
+            else get_keras_object("bias_initializer", bias_initializer)
         )
-        self.kernel_regularizer = _get_keras_object(
-            "regularizer", "kernel_regularizer", kernel_regularizer
-        )
-        self.recurrent_regularizer = _get_keras_object(
-            "regularizer", "recurrent_regularizer", recurrent_regularizer
-        )
-        self.bias_regularizer = _get_keras_object(
-            "regularizer", "bias_regularizer", bias_regularizer
-        )
-        self.kernel_constraint = _get_keras_object(
-            "constraint", "kernel_constraint", kernel_constraint
-        )
-        self.bias_constraint = _get_keras_object("constraint", "bias_constraint", bias_constraint)
 
     @property
     def resolved_learnable_dt(self) -> str:
@@ -364,13 +356,7 @@ class ExpRNNCell(SDECell):
             recurrent_initializer=init.kind
             if isinstance(init, SkewBlockInitializer) and init.seed is None
             else keras.initializers.serialize(init),
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-            recurrent_regularizer=keras.regularizers.serialize(self.recurrent_regularizer),
-            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
-            kernel_constraint=keras.constraints.serialize(self.kernel_constraint),
-            bias_constraint=keras.constraints.serialize(self.bias_constraint),
         )
         return config
 

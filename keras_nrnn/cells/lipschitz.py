@@ -16,20 +16,9 @@ from keras import ops
 
 from keras_nrnn.cells.base import SDECell
 from keras_nrnn.parametrization import lipschitz_matrix
-from keras_nrnn.validation import check_in_range, check_non_negative
+from keras_nrnn.validation import check_bool, check_in_range, check_non_negative, get_activation
 
 __all__ = ["LipschitzCell", "NoisyLipschitzCell"]
-
-
-def _get_activation(activation: Any):
-    try:
-        fn = keras.activations.get(activation)
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            "Argument `activation` must be the name of a Keras activation (e.g. 'tanh') or a "
-            f"callable; received activation={activation!r}."
-        ) from err
-    return fn  # None gives the identity, as everywhere in Keras
 
 
 @keras.saving.register_keras_serializable(package="keras_nrnn")
@@ -102,15 +91,17 @@ class LipschitzCell(SDECell):
         self.gamma_a = check_non_negative("gamma_a", gamma_a)
         self.gamma_w = check_non_negative("gamma_w", gamma_w)
         self.init_std = check_non_negative("init_std", init_std)
-        self.activation = _get_activation(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.recurrent_regularizer = keras.regularizers.get(recurrent_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.activation = get_activation(activation)
+        self.use_bias = check_bool("use_bias", use_bias)
+        self._set_keras_objects(
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+        )
 
     def build_drift(self, input_dim: int) -> None:
         recurrent_init = keras.initializers.RandomNormal(stddev=self.init_std / self.units)
@@ -197,13 +188,6 @@ class LipschitzCell(SDECell):
             activation=keras.activations.serialize(self.activation),
             init_std=self.init_std,
             use_bias=self.use_bias,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            bias_initializer=keras.initializers.serialize(self.bias_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-            recurrent_regularizer=keras.regularizers.serialize(self.recurrent_regularizer),
-            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
-            kernel_constraint=keras.constraints.serialize(self.kernel_constraint),
-            bias_constraint=keras.constraints.serialize(self.bias_constraint),
         )
         return config
 
