@@ -1,0 +1,354 @@
+"""Command-line arguments of the experiment runners (`python -m training.ecg`).
+
+`build_parser` defines the flags, `parse_args` parses and validates them (errors name the flag,
+the bad value and what was expected, and exit with status 2 like any argparse error), and
+`identity` gives the part of the configuration that determines the results, hashed into the
+default output folder name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from training.models import model_names
+
+__all__ = [
+    "PRECISIONS",
+    "build_parser",
+    "config_hash",
+    "hparams",
+    "identity",
+    "parse_args",
+    "resolve_precision",
+]
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+SCHEMES = ("euler_maruyama", "tamed", "research")
+LEARNABLE_DT = ("default", "none", "scalar", "per_unit")
+COMPARE_MODELS = ("nrnn", "lipschitz")
+
+
+def build_parser(
+    prog: str,
+    description: str,
+    defaults: dict[str, Any],
+) -> argparse.ArgumentParser:
+    """The argument parser of an experiment runner.
+
+    Args:
+        prog: program name shown in usage (e.g. `"python -m training.ecg"`).
+        description: help text.
+        defaults: default values of the hyperparameters (`units`, `dt`, `beta`, `gamma_a`,
+            `gamma_w`, `additive_noise`, `multiplicative_noise`, `lr`, `batch_size`, `epochs`).
+
+    Returns:
+        An `argparse.ArgumentParser`.
+
+    Example:
+
+    >>> p = build_parser("x", "", {"units": 8, "epochs": 2})
+    >>> p.parse_args(["--units", "4"]).units
+    4
+    """
+    d = defaults
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("models")
+    g.add_argument("--model", default="nrnn", help=f"model to train: one of {model_names()}")
+    g.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated models trained into one report (overrides --model), e.g. "
+        "'nrnn,lipschitz'",
+    )
+    g.add_argument(
+        "--compare",
+        action="store_true",
+        help=f"shorthand for --models {','.join(COMPARE_MODELS)}",
+    )
+    g = p.add_argument_group("cell hyperparameters")
+    g.add_argument("--units", type=int, default=d.get("units", 128), help="hidden units")
+    g.add_argument("--dt", type=float, default=d.get("dt", 0.1), help="Euler step delta")
+    g.add_argument("--beta", type=float, default=d.get("beta", 0.9), help="skew level in [0, 1]")
+    g.add_argument("--gamma-a", type=float, default=d.get("gamma_a", 0.001), help="damping of A")
+    g.add_argument("--gamma-w", type=float, default=d.get("gamma_w", 0.001), help="damping of W")
+    g.add_argument(
+        "--additive-noise",
+        type=float,
+        default=d.get("additive_noise", 0.06),
+        help="eps*sigma_1, additive noise level of noisy models",
+    )
+    g.add_argument(
+        "--multiplicative-noise",
+        type=float,
+        default=d.get("multiplicative_noise", 0.03),
+        help="eps*sigma_2, multiplicative noise level of noisy models",
+    )
+    g.add_argument(
+        "--gamma",
+        type=float,
+        default=None,
+        help="gamma of the Antisymmetric RNN (diffusion) and coRNN; None: the cell's own",
+    )
+    g.add_argument(
+        "--epsilon", type=float, default=None, help="epsilon of coRNN; None: the cell's own"
+    )
+    g.add_argument(
+        "--init-std", type=float, default=d.get("init_std", 0.1), help="M_A, M_W ~ N(0, (s/N)^2)"
+    )
+    g.add_argument(
+        "--scheme",
+        choices=SCHEMES,
+        default=d.get("scheme", "euler_maruyama"),
+        help="integration scheme (eq. 5, tamed, or the paper's research-code update)",
+    )
+    g.add_argument(
+        "--learnable-dt",
+        choices=LEARNABLE_DT,
+        default="default",
+        help="learnable step: scheme default (per_unit for 'research', else none) or explicit",
+    )
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=d.get("epochs", 100), help="training epochs")
+    g.add_argument("--lr", type=float, default=d.get("lr", 1e-3), help="Adam learning rate")
+    g.add_argument("--batch-size", type=int, default=d.get("batch_size", 128), help="batch size")
+    g.add_argument(
+        "--lr-decay-epoch",
+        type=int,
+        default=None,
+        help="1-based epoch from which lr is multiplied by --lr-decay-factor "
+        "(default: the first epoch after 90%% of them; --epochs+1 disables the decay)",
+    )
+    g.add_argument("--lr-decay-factor", type=float, default=0.1, help="lr multiplier")
+    g.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1) per model")
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="dtype policy; auto = mixed_float16 with a GPU, float32 otherwise",
+    )
+    g.add_argument(
+        "--jit",
+        action=argparse.BooleanOptionalAction,
+        default=d.get("jit", False),
+        help="XLA-compile the train step (jit_compile)",
+    )
+    g.add_argument(
+        "--layer",
+        choices=("rnn", "sdernn"),
+        default="rnn",
+        help="recurrent layer: keras.layers.RNN or keras_nrnn.SDERNN",
+    )
+    g = p.add_argument_group("input / output")
+    g.add_argument("--out", default=None, help="run folder (default: runs/<task>/<models>-<hash>)")
+    g.add_argument("--data-dir", default=None, help="folder with the dataset files")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an existing run folder (finished or not) and start afresh",
+    )
+    g.add_argument(
+        "--perturbation-seed",
+        type=int,
+        default=d.get("perturbation_seed", 20211206),
+        help="seed of the perturbed test inputs (shared by every model and seed)",
+    )
+    g.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="train only the (model, seed) pairs whose index is I modulo N, to run N processes "
+        "in parallel on one --out; the last one to finish (or a rerun without --shard) writes "
+        "the report",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
+    # Hidden debug flags: train and evaluate on the first N examples of a split.
+    for split in ("train", "val", "test"):
+        g.add_argument(f"--limit-{split}", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _fail(parser: argparse.ArgumentParser, flag: str, value: Any, expected: str) -> None:
+    parser.error(f"argument {flag} must be {expected}; received {flag} {value!r}")
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse and validate; fill `models` (list) and `lr_decay_epoch` (1-based int).
+
+    Invalid values exit with status 2 and a message naming the flag and the value.
+
+    Args:
+        parser: from `build_parser`.
+        argv: arguments (default `sys.argv[1:]`).
+
+    Returns:
+        The namespace.
+
+    Example:
+
+    >>> p = build_parser("x", "", {"epochs": 10})
+    >>> a = parse_args(p, ["--compare"])
+    >>> a.models, a.lr_decay_epoch
+    (['nrnn', 'lipschitz'], 10)
+    """
+    args = parser.parse_args(argv)
+    if args.compare and args.models:
+        parser.error("use either --compare or --models, not both")
+    if args.compare:
+        models = list(COMPARE_MODELS)
+    elif args.models is not None:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        if not models:
+            _fail(parser, "--models", args.models, "a comma-separated list of model names")
+    else:
+        models = [args.model]
+    for m in models:
+        if m not in model_names():
+            flag = "--models" if len(models) > 1 else "--model"
+            _fail(parser, flag, m, f"one of {model_names()}")
+    if len(set(models)) != len(models):
+        _fail(parser, "--models", ",".join(models), "a list without repeated names")
+    args.models = models
+
+    def positive_int(flag: str, value: Any) -> None:
+        if value is None or value < 1:
+            _fail(parser, flag, value, "an integer >= 1")
+
+    def number(flag: str, value: float, lo: float, hi: float = math.inf, lo_open=False) -> None:
+        ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+        if not ok:
+            bracket = "(" if lo_open else "["
+            _fail(parser, flag, value, f"a number in {bracket}{lo:g}, {hi:g}]")
+
+    positive_int("--units", args.units)
+    positive_int("--epochs", args.epochs)
+    positive_int("--batch-size", args.batch_size)
+    positive_int("--seeds", args.seeds)
+    number("--dt", args.dt, 0.0, lo_open=True)
+    number("--beta", args.beta, 0.0, 1.0)
+    number("--gamma-a", args.gamma_a, 0.0)
+    number("--gamma-w", args.gamma_w, 0.0)
+    number("--additive-noise", args.additive_noise, 0.0)
+    number("--multiplicative-noise", args.multiplicative_noise, 0.0)
+    number("--init-std", args.init_std, 0.0)
+    if args.gamma is not None:
+        number("--gamma", args.gamma, 0.0)
+    if args.epsilon is not None:
+        number("--epsilon", args.epsilon, 0.0)
+    number("--lr", args.lr, 0.0, lo_open=True)
+    number("--lr-decay-factor", args.lr_decay_factor, 0.0, lo_open=True)
+    if args.lr_decay_epoch is None:
+        args.lr_decay_epoch = round(0.9 * args.epochs) + 1
+    elif not 1 <= args.lr_decay_epoch <= args.epochs + 1:
+        _fail(
+            parser,
+            "--lr-decay-epoch",
+            args.lr_decay_epoch,
+            f"an integer in [1, {args.epochs + 1}] (epochs + 1 disables the decay)",
+        )
+    if args.perturbation_seed < 0:
+        _fail(parser, "--perturbation-seed", args.perturbation_seed, "an integer >= 0")
+    if args.shard is not None:
+        try:
+            index, count = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            index, count = -1, 0
+        if not 0 <= index < count:
+            _fail(parser, "--shard", args.shard, "I/N with integers 0 <= I < N, e.g. 0/2")
+        args.shard = (index, count)
+    for split in ("train", "val", "test"):
+        value = getattr(args, f"limit_{split}")
+        if value is not None:
+            positive_int(f"--limit-{split}", value)
+    return args
+
+
+def resolve_precision(precision: str) -> str:
+    """The dtype policy name for `--precision` (auto: mixed_float16 with a GPU, else float32).
+
+    Example:
+
+    >>> resolve_precision("float32")
+    'float32'
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"Argument `precision` must be one of {list(PRECISIONS)}; received "
+            f"precision={precision!r}."
+        )
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+def hparams(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat cell hyperparameters of `args` (input of `training.models.cell_kwargs`)."""
+    out = {
+        "units": args.units,
+        "dt": args.dt,
+        "beta": args.beta,
+        "gamma_a": args.gamma_a,
+        "gamma_w": args.gamma_w,
+        "additive_noise": args.additive_noise,
+        "multiplicative_noise": args.multiplicative_noise,
+        "init_std": args.init_std,
+        "scheme": args.scheme,
+    }
+    if args.learnable_dt != "default":
+        out["learnable_dt"] = args.learnable_dt
+    for name in ("gamma", "epsilon"):
+        if getattr(args, name, None) is not None:
+            out[name] = getattr(args, name)
+    return out
+
+
+def identity(args: argparse.Namespace, precision: str) -> dict[str, Any]:
+    """Everything that determines the results (not the seeds count, paths, jit or verbosity).
+
+    Two commands with the same identity may share a run folder (the second resumes the first).
+    """
+    return {
+        "models": list(args.models),
+        "hparams": hparams(args),
+        "training": {
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "lr_decay_epoch": args.lr_decay_epoch,
+            "lr_decay_factor": args.lr_decay_factor,
+            "optimizer": "adam",
+        },
+        "precision": precision,
+        "layer": args.layer,
+        "perturbation_seed": args.perturbation_seed,
+        "limits": {
+            "train": args.limit_train,
+            "val": args.limit_val,
+            "test": args.limit_test,
+        },
+    }
+
+
+def config_hash(ident: dict[str, Any], length: int = 8) -> str:
+    """Short sha256 of a JSON-serialisable identity (sorted keys).
+
+    Example:
+
+    >>> config_hash({"a": 1}) == config_hash({"a": 1}) != config_hash({"a": 2})
+    True
+    """
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:length]
