@@ -5,7 +5,7 @@
     saved_model.pb, variables/            SavedModel, signatures serving_default, streaming_step
     assets/metadata.json                  what the export is (export.metadata)
     assets.extra/tf_serving_warmup_requests
-    model.onnx                            whole sequence (ONNX Loop over a dynamic time axis)
+    model.onnx                            whole sequence (unrolled for a fixed T by default)
     model_streaming.onnx                  one step: (inputs, state) -> new_state, outputs
 
 built in a temporary folder, verified (export.verify) and renamed into place atomically.

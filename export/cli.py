@@ -1,5 +1,6 @@
 """Command line: `python -m export MODEL_OR_RUN_DIR --out EXPORT_BASE [--name NAME]
-[--version N] [--formats savedmodel,onnx]`.
+[--version N] [--formats savedmodel,onnx] [--onnx-time-steps auto|dynamic|fixed|hybrid]
+[--savedmodel-time-steps auto|dynamic|fixed|hybrid] [--savedmodel-jit]`.
 
 Prints the version folder on stdout and exits 0; on any error prints `error: ...` on stderr
 and exits 1 (2 for bad command-line usage), leaving nothing behind.
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from export.errors import ExportError
-from export.options import check_version, parse_formats
+from export.options import TIME_STEPS_CHOICES, check_version, parse_formats
 
 __all__ = ["main", "make_parser"]
 
@@ -41,6 +42,25 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--formats", default="savedmodel,onnx", help="comma-separated: savedmodel,onnx"
     )
+    parser.add_argument(
+        "--onnx-time-steps",
+        choices=TIME_STEPS_CHOICES,
+        default="auto",
+        help="model.onnx time loop: auto (fixed if the model's length is fixed, else "
+        "dynamic), dynamic (Loop), fixed (unrolled; other lengths rejected), hybrid",
+    )
+    parser.add_argument(
+        "--savedmodel-time-steps",
+        choices=TIME_STEPS_CHOICES,
+        default="auto",
+        help="serving_default time loop: auto (hybrid if the model's length is fixed, else "
+        "dynamic), dynamic, fixed, hybrid (unrolled for the model's length, loop otherwise)",
+    )
+    parser.add_argument(
+        "--savedmodel-jit",
+        action="store_true",
+        help="XLA-compile serving_default (TF Serving needs --xla_cpu_compilation_enabled=true)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log the verification report")
     return parser
 
@@ -63,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         path = export_model(
-            args.model, args.out, name=args.name, version=version, formats=formats
+            args.model,
+            args.out,
+            name=args.name,
+            version=version,
+            formats=formats,
+            onnx_time_steps=args.onnx_time_steps,
+            savedmodel_time_steps=args.savedmodel_time_steps,
+            savedmodel_jit_compile=args.savedmodel_jit,
         )
     except (ExportError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

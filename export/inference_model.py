@@ -51,6 +51,9 @@ from keras_nrnn.cells.base import SDECell
 
 __all__ = ["InferenceModel", "LoadedSource", "build_inference_model", "load_source"]
 
+#: How the whole-sequence graph loops over time (see `InferenceModel.sequence`).
+TIME_MODES = ("dynamic", "fixed", "hybrid")
+
 RUN_MODEL_FILE = "model.keras"
 RUN_CONFIG_FILE = "config.json"
 RUN_RESULTS_FILE = "results.json"
@@ -310,6 +313,9 @@ class InferenceModel:
         time_steps: the model's fixed input length, or None.
         state_sizes: size of each recurrent state, in the cell's order.
         num_classes: size of the logits.
+        hoist: whole-sequence graphs project the inputs of all steps before the loop
+            (default True; False: the cell's `call` per step, as before).
+        lipschitz_fold: use the folded step for foldable Lipschitz cells (default True).
     """
 
     model: keras.Model
@@ -323,6 +329,8 @@ class InferenceModel:
     time_steps: int | None
     state_sizes: list[int]
     num_classes: int = 0
+    hoist: bool = True
+    lipschitz_fold: bool = True
     _linear_last: keras.layers.Layer | None = field(default=None, repr=False)
 
     @property
@@ -364,29 +372,161 @@ class InferenceModel:
         new_states = tf.nest.flatten(new_states)
         return tf.cast(output, tf.float32), [tf.cast(s, tf.float32) for s in new_states]
 
-    # ---------------------------------------------------------------- graphs
-    def sequence(self, inputs) -> dict:
-        """Whole-sequence outputs for `inputs` (batch, time, features), float32.
+    # ---------------------------------------------------------------- fast sequence pieces
+    def _sequence_cache(self) -> dict:
+        """The frozen cell's per-sequence tensors, converted to graph constants once."""
+        return self.cell._cache()
 
-        The loop is a `tf.while_loop` over the dynamic time axis calling the cell's one-step
-        `call`, the same code as `step`, from zero states.
+    def _hoisted_step_fn(self, cache: dict):
+        """`(step, calls, output_scale)`: `step(p_t, states) -> (output, states)` on
+        pre-projected inputs `p_t`.
+
+        Generic over cells: the cell's own `call` runs with `project_inputs` replaced by the
+        identity (the projection of every step was done before the loop with one matmul) and
+        `_cache` returning `cache` (constants created once, not once per step); `calls`
+        records the identity's calls, so that `_projection_hoistable` can check (by tracing
+        one step) that the cell projects exactly once through `project_inputs`; otherwise the
+        caller falls back to the per-step `call`. For a foldable Lipschitz cell: the folded
+        step, `calls` None and `output_scale` mapping its final state to the output.
+        """
+        cell = self.cell
+        if self.lipschitz_fold and _foldable_lipschitz(cell):
+            return self._folded_lipschitz_step(cache)
+        calls = []
+
+        def step(p_t, states):
+            with _patched(cell, project_inputs=_identity_projection(calls), _cache=lambda: cache):
+                return self._cell_step(p_t, states)
+
+        return step, calls, None
+
+    def _folded_lipschitz_step(self, cache: dict):
+        """Lipschitz cells, Euler step, folded into `g <- g M + a(g V + p)` on `g = h / dt`.
+
+        `h' = h + dt (A h + a(W h + p))` (row vectors: `h' = h (I + dt A)^T + dt a(h W^T + p)`)
+        with the state scaled per unit, `h = dt * g`, becomes `g' = g M + a(g V + p)` with the
+        constants `M = diag(dt) (I + dt A)^T diag(1 / dt)` and `V = diag(dt) W^T`, formed once
+        in float64 at export time: two matmuls, one add, one activation and one add per step,
+        no multiply by dt. The loop starts from zero states (`g = h = 0`); the returned
+        `output_scale` turns the final `g` back into `h = dt * g`.
+        """
+        cell = self.cell
+        units = cell.units
+        rk = np.asarray(cell._frozen_cache["recurrent_kernel"], np.float64)
+        dt = np.broadcast_to(np.asarray(cell._frozen_cache["dt"], np.float64), (units,))
+        a_t, w_t = rk[:, :units], rk[:, units:]
+        m = dt[:, None] * (np.eye(units) + a_t * dt[None, :]) / dt[None, :]
+        v = dt[:, None] * w_t
+        m_c = tf.constant(m.astype(np.float32))
+        v_c = tf.constant(v.astype(np.float32))
+        activation = cell.activation
+
+        def step(p_t, states):
+            g = states[0]
+            g = tf.matmul(g, m_c) + activation(tf.matmul(g, v_c) + p_t)
+            return g, [g]
+
+        scale = tf.constant(dt.astype(np.float32))
+        return step, None, lambda g: g * scale
+
+    def _loop_parts(self, inputs):
+        """Time-major per-step inputs, zero states and the per-step function of a sequence.
+
+        The pre-layers run on (batch, time, features); the result is transposed to time-major
+        (time, batch, features) before the projection, so that the projected sequence is
+        time-major without a transpose of the (larger) projected tensor.
         """
         x = self._pre(tf.convert_to_tensor(inputs, tf.float32))
         batch = tf.shape(x)[0]
-        time = tf.shape(x)[1]
         states = [tf.zeros(tf.stack([batch, size]), tf.float32) for size in self.state_sizes]
-        output0 = tf.zeros(tf.stack([batch, self._output_size]), tf.float32)
+        x_tm = tf.transpose(x, [1, 0, 2])
+        if not self.hoist:
+            return x_tm, states, self._cell_step, None
+        cache = self._sequence_cache()
+        step, calls, scaling = self._hoisted_step_fn(cache)
+        if calls is not None and not self._projection_hoistable(int(x.shape[-1])):
+            return x_tm, states, self._cell_step, None
+        with _patched(self.cell, _cache=lambda: cache):
+            projected = tf.cast(self.cell.project_inputs(x_tm, cache), tf.float32)
+        return projected, states, step, scaling
+
+    def _projection_hoistable(self, features: int) -> bool:
+        """Trace one hoisted step in a throwaway graph: the cell must project exactly once."""
+        with tf.Graph().as_default():
+            probe_states = [tf.zeros([1, s], tf.float32) for s in self.state_sizes]
+            probe_cache = {
+                k: v if v is None or isinstance(v, float) else tf.constant(v)
+                for k, v in self.cell._frozen_cache.items()
+            }
+            probe_step, probe_calls, _ = self._hoisted_step_fn(probe_cache)
+            try:
+                projected = self.cell.project_inputs(
+                    tf.zeros([1, features], tf.float32), probe_cache
+                )
+                probe_step(tf.cast(projected, tf.float32), probe_states)
+            except Exception:
+                return False
+            return probe_calls is None or len(probe_calls) == 1  # None: the folded step
+
+    def sequence(self, inputs, time_mode: str = "dynamic") -> dict:
+        """Whole-sequence outputs for `inputs` (batch, time, features), float32.
+
+        With `hoist` (default) the cell's input projection (`U x + b`) of every step is one
+        matmul before the loop and each step runs the rest of the cell on it; without, each
+        step calls the cell's one-step `call` (the same code as `step`).
+
+        Args:
+            inputs: (batch, time, features).
+            time_mode: one of `TIME_MODES`:
+                `"dynamic"`: a `tf.while_loop` over the dynamic time axis;
+                `"fixed"`: the steps unrolled (a Python loop over the static time length of
+                `inputs`; no loop op in the graph);
+                `"hybrid"`: `tf.cond(time == time_steps, unrolled, while_loop)`: the unrolled
+                graph for the model's own length, the loop for any other.
+        """
+        check_time_mode(time_mode)
+        if time_mode == "hybrid":
+            x = tf.convert_to_tensor(inputs, tf.float32)
+            steps = self._fixed_time()
+            return tf.cond(
+                tf.equal(tf.shape(x)[1], steps),
+                lambda: self._unrolled(tf.ensure_shape(x, [None, steps, x.shape[-1]])),
+                lambda: self._while(x),
+            )
+        if time_mode == "fixed":
+            return self._unrolled(inputs)
+        return self._while(inputs)
+
+    def _unrolled(self, inputs) -> dict:
+        seq_tm, states, step, scaling = self._loop_parts(inputs)
+        if seq_tm.shape[0] is None:
+            raise ExportError(
+                "An unrolled sequence graph needs a static time length; the input has shape "
+                f"{tf.convert_to_tensor(inputs).shape}."
+            )
+        output = None
+        for x_t in tf.unstack(seq_tm, axis=0):
+            output, states = step(x_t, states)
+        if scaling is not None:
+            output = scaling(output)
+        return self._head(output)
+
+    def _while(self, inputs) -> dict:
+        seq_tm, states, step, scaling = self._loop_parts(inputs)
+        time = tf.shape(seq_tm)[0]
+        output0 = tf.zeros(tf.stack([tf.shape(seq_tm)[1], self._output_size]), tf.float32)
 
         def cond(t, *_):
             return t < time
 
         def body(t, output, *states):
             del output
-            out, new_states = self._cell_step(x[:, t, :], list(states))
+            out, new_states = step(seq_tm[t], list(states))
             return (t + 1, out, *new_states)
 
         loop = tf.while_loop(cond, body, (tf.constant(0), output0, *states))
-        return self._head(loop[1])
+        output = loop[1] if scaling is None else scaling(loop[1])
+        return self._head(output)
 
     def step(self, inputs, state) -> dict:
         """One streaming step: `inputs` (batch, features), `state` (batch, state_size)."""
@@ -407,9 +547,21 @@ class InferenceModel:
         return int(size if isinstance(size, int) else tf.nest.flatten(size)[0])
 
     # ---------------------------------------------------------------- signatures
-    def sequence_signature(self) -> list[tf.TensorSpec]:
-        """`[TensorSpec([None, None, features], float32, name="inputs")]`."""
-        return [tf.TensorSpec([None, None, self.features], tf.float32, name="inputs")]
+    def sequence_signature(self, fixed_time: bool = False) -> list[tf.TensorSpec]:
+        """`[TensorSpec([None, T, features], float32, name="inputs")]`.
+
+        T is None (dynamic) unless `fixed_time`, which uses the model's `time_steps`.
+        """
+        time = self._fixed_time() if fixed_time else None
+        return [tf.TensorSpec([None, time, self.features], tf.float32, name="inputs")]
+
+    def _fixed_time(self) -> int:
+        if self.time_steps is None:
+            raise ExportError(
+                "A fixed-time (unrolled) sequence graph needs a model with a fixed input length "
+                "(keras.Input((T, features))); this model's time axis is dynamic."
+            )
+        return self.time_steps
 
     def step_signature(self) -> list[tf.TensorSpec]:
         """`[inputs (None, features), state (None, state_size)]`, float32."""
@@ -418,13 +570,27 @@ class InferenceModel:
             tf.TensorSpec([None, self.state_size], tf.float32, name="state"),
         ]
 
-    def sequence_function(self) -> tf.types.experimental.PolymorphicFunction:
-        """`tf.function` of `sequence` with its named input signature."""
+    def sequence_function(
+        self, time_mode: str = "dynamic", jit_compile: bool = False
+    ) -> tf.types.experimental.PolymorphicFunction:
+        """`tf.function` of `sequence` with its named input signature.
+
+        Args:
+            time_mode: `"dynamic"`, `"fixed"` or `"hybrid"` (see `sequence`); `"fixed"`
+                gives the input signature `[None, time_steps, features]`, the others
+                `[None, None, features]`.
+            jit_compile: compile the function with XLA (kept by a saved SavedModel).
+        """
+        check_time_mode(time_mode)
 
         def serving_default(inputs):
-            return self.sequence(inputs)
+            return self.sequence(inputs, time_mode=time_mode)
 
-        return tf.function(serving_default, input_signature=self.sequence_signature())
+        return tf.function(
+            serving_default,
+            input_signature=self.sequence_signature(fixed_time=time_mode == "fixed"),
+            jit_compile=jit_compile or None,
+        )
 
     def step_function(self) -> tf.types.experimental.PolymorphicFunction:
         """`tf.function` of `step` with its named input signature."""
@@ -453,6 +619,71 @@ class InferenceModel:
     def cell_configs(self) -> list[dict]:
         """Serialized configs of the model's keras_nrnn cells (one)."""
         return [keras.saving.serialize_keras_object(self.cell)]
+
+
+def check_time_mode(time_mode: str) -> str:
+    """`time_mode` if it is one of `TIME_MODES`, else a `ValueError` naming it.
+
+    Example:
+
+    >>> check_time_mode("fixed")
+    'fixed'
+    """
+    if time_mode not in TIME_MODES:
+        raise ValueError(
+            f"Argument `time_mode` must be one of {list(TIME_MODES)}; received "
+            f"time_mode={time_mode!r}."
+        )
+    return time_mode
+
+
+def _identity_projection(calls: list):
+    def project_inputs(inputs, cache):
+        del cache
+        calls.append(1)
+        return inputs
+
+    return project_inputs
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, **attrs: Any) -> Iterator[None]:
+    """Set instance attributes (shadowing methods) for the duration, bypassing Keras tracking."""
+    for key, value in attrs.items():
+        object.__setattr__(obj, key, value)
+    try:
+        yield
+    finally:
+        for key in attrs:
+            object.__delattr__(obj, key)
+
+
+def _foldable_lipschitz(cell: SDECell) -> bool:
+    """Whether `cell` is a Lipschitz cell whose inference step is `h + dt (A h + a(W h + p))`.
+
+    True only for `LipschitzCell` and subclasses that override none of the step's pieces,
+    with a scheme whose noise-free step is plain Euler (`euler_maruyama`, `research`), and
+    steps `dt` > 0 within a factor 100 of each other (the fold scales the state by `1 / dt`).
+    """
+    from keras_nrnn.cells.lipschitz import LipschitzCell
+
+    cls = type(cell)
+    frozen = cell._frozen_cache or {}
+    dt = np.asarray(frozen.get("dt", 0.0), np.float64)
+    if not (np.all(np.isfinite(dt)) and np.all(dt > 0) and dt.max() <= 100.0 * dt.min()):
+        return False
+    return (
+        isinstance(cell, LipschitzCell)
+        and cls.call is SDECell.call
+        and cls.drift is SDECell.drift
+        and cls.integrate is SDECell.integrate
+        and cls.drift_projected is LipschitzCell.drift_projected
+        and cls.project_inputs is LipschitzCell.project_inputs
+        and cell.scheme in ("euler_maruyama", "research")
+        and cell._frozen_cache is not None
+        and "recurrent_kernel" in cell._frozen_cache
+        and "dt" in cell._frozen_cache
+    )
 
 
 def _model_layers(model: keras.Model) -> list:

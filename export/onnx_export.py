@@ -6,8 +6,10 @@ convert node ...") and left in the graph. Here every ERROR record of the `tf2onn
 during the conversion is captured and turned into an `ExportError`; the result is then checked
 with `onnx.checker.check_model(full_check=True)` and for its input/output names.
 
-The whole-sequence model has a dynamic time axis, which tf2onnx turns into an ONNX `Loop`
-(from the `tf.while_loop` of `InferenceModel.sequence`); onnxruntime runs it.
+The whole-sequence model is, by default for a model of fixed length T, unrolled (T copies of
+the step, input time dimension fixed to T: no loop op, which onnxruntime runs about 3x faster
+at batch 1 than its `Loop`); with a dynamic time axis the `tf.while_loop` of
+`InferenceModel.sequence` becomes an ONNX `Loop` (and a `tf.cond` an `If`).
 """
 
 from __future__ import annotations

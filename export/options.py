@@ -6,9 +6,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["FORMATS", "check_version", "parse_formats"]
+__all__ = ["FORMATS", "TIME_STEPS_CHOICES", "check_time_steps", "check_version", "parse_formats"]
 
 FORMATS = ("savedmodel", "onnx")
+
+#: How a whole-sequence graph loops over time: `auto` (the measured default of each format),
+#: `dynamic` (a loop over any length), `fixed` (unrolled for the model's length only),
+#: `hybrid` (unrolled for the model's length, a loop for any other length).
+TIME_STEPS_CHOICES = ("auto", "dynamic", "fixed", "hybrid")
+
+
+def check_time_steps(argument: str, value: str) -> str:
+    """`value` if it is one of `TIME_STEPS_CHOICES`, else a `ValueError` naming `argument`.
+
+    Example:
+
+    >>> check_time_steps("onnx_time_steps", "fixed")
+    'fixed'
+    """
+    if value not in TIME_STEPS_CHOICES:
+        raise ValueError(
+            f"Argument `{argument}` must be one of {list(TIME_STEPS_CHOICES)}; received "
+            f"{argument}={value!r}."
+        )
+    return value
 
 
 def parse_formats(formats: str | Iterable[str]) -> list[str]:

@@ -87,7 +87,14 @@ def find_random_tf_ops(saved_model_dir: str | Path) -> list[str]:
     return found
 
 
-def save_inference_model(im: InferenceModel, directory: str | Path, metadata_file: Path) -> None:
+def save_inference_model(
+    im: InferenceModel,
+    directory: str | Path,
+    metadata_file: Path,
+    *,
+    time_mode: str = "dynamic",
+    jit_compile: bool = False,
+) -> None:
     """Write the SavedModel of `im` into `directory` with both signatures and the metadata asset.
 
     Args:
@@ -96,8 +103,12 @@ def save_inference_model(im: InferenceModel, directory: str | Path, metadata_fil
             `assets/` are written into it.
         metadata_file: a file named `metadata.json` outside `directory`; it is copied to
             `assets/metadata.json` as a `tf.saved_model.Asset`.
+        time_mode: how `serving_default` loops over time: `"dynamic"`, `"fixed"` or
+            `"hybrid"` (`InferenceModel.sequence`).
+        jit_compile: XLA-compile `serving_default` (the flag is saved with the function;
+            TF Serving then needs `--xla_cpu_compilation_enabled=true`).
     """
-    sequence = im.sequence_function()
+    sequence = im.sequence_function(time_mode=time_mode, jit_compile=jit_compile)
     streaming = im.step_function()
     sequence_cf = sequence.get_concrete_function()
     streaming_cf = streaming.get_concrete_function()

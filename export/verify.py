@@ -6,7 +6,10 @@
    model in inference mode vs the SavedModel (`tf.saved_model.load`, `serving_default`) vs
    onnxruntime (`model.onnx`), for logits/probabilities, plus equal classes.
 3. Streaming: T calls of `streaming_step` (SavedModel and `model_streaming.onnx`), from the
-   zero state, give the whole-sequence outputs (logits, probabilities, classes) within `atol`.
+   zero state, give the whole-sequence outputs (logits, probabilities, classes) within `atol`;
+   when the whole-sequence input has a dynamic time axis, also at a second length T // 2
+   (the sequence on the first T // 2 steps vs the streamed state after T // 2 steps), which
+   runs the `while` branch of a `"hybrid"` graph.
 4. `saved_model_cli show --all --dir VERSION_DIR` (a subprocess) lists both signatures.
 
 The inputs are `sample_inputs` when the caller gives them, else `default_sample_inputs`:
@@ -90,11 +93,24 @@ def run_saved_model(version_dir: str | Path, x: np.ndarray, state_size: int) -> 
     step_fn = loaded.signatures[STREAMING_SIGNATURE]
     seq = {k: v.numpy() for k, v in seq_fn(inputs=tf.constant(x)).items()}
     state = np.zeros((x.shape[0], state_size), np.float32)
-    out = {}
+    out, res = {}, {}
+    short = _short_length(x)
     for t in range(x.shape[1]):
         out = {k: v.numpy() for k, v in step_fn(inputs=tf.constant(x[:, t]), state=state).items()}
         state = out["new_state"]
-    return {"sequence": seq, "streaming": out}
+        if t + 1 == short:
+            res["streaming_short"] = out
+    _, specs = seq_fn.structured_input_signature
+    if short and specs["inputs"].shape[1] is None:
+        res["sequence_short"] = {
+            k: v.numpy() for k, v in seq_fn(inputs=tf.constant(x[:, :short])).items()
+        }
+    return {"sequence": seq, "streaming": out, **res}
+
+
+def _short_length(x: np.ndarray) -> int:
+    """A second sequence length, T // 2 (0 if T < 2), for the dynamic-time check."""
+    return x.shape[1] // 2 if x.shape[1] >= 2 else 0
 
 
 def _session(path: Path):
@@ -112,6 +128,11 @@ def run_onnx(version_dir: str | Path, x: np.ndarray, state_size: int) -> dict:
     seq_sess = _session(version_dir / "model.onnx")
     names = [o.name for o in seq_sess.get_outputs()]
     seq = dict(zip(names, seq_sess.run(None, {"inputs": x}), strict=True))
+    res = {}
+    short = _short_length(x)
+    if short and not isinstance(seq_sess.get_inputs()[0].shape[1], int):
+        values = seq_sess.run(None, {"inputs": np.ascontiguousarray(x[:, :short])})
+        res["sequence_short"] = dict(zip(names, values, strict=True))
     step_sess = _session(version_dir / "model_streaming.onnx")
     names = [o.name for o in step_sess.get_outputs()]
     state = np.zeros((x.shape[0], state_size), np.float32)
@@ -120,7 +141,9 @@ def run_onnx(version_dir: str | Path, x: np.ndarray, state_size: int) -> dict:
         values = step_sess.run(None, {"inputs": np.ascontiguousarray(x[:, t]), "state": state})
         out = dict(zip(names, values, strict=True))
         state = out["new_state"]
-    return {"sequence": seq, "streaming": out}
+        if t + 1 == short:
+            res["streaming_short"] = out
+    return {"sequence": seq, "streaming": out, **res}
 
 
 # --------------------------------------------------------------------------- checks
@@ -271,6 +294,10 @@ def verify_export(
         _compare(report, f"keras_vs_{backend}", res["sequence"], keras_ref, atol, errors)
         want = {k: res["sequence"][k] for k in OUTPUT_KEYS if k in res["sequence"]}
         _compare(report, f"{backend}_streaming_vs_sequence", res["streaming"], want, atol, errors)
+        if "sequence_short" in res:  # a time axis of any length: check another length too
+            want = {k: res["sequence_short"][k] for k in OUTPUT_KEYS}
+            _compare(report, f"{backend}_short_streaming_vs_sequence", res["streaming_short"],
+                     want, atol, errors)
     if "savedmodel" in results and "onnx" in results:
         want = {k: results["savedmodel"]["sequence"][k] for k in OUTPUT_KEYS}
         _compare(report, "savedmodel_vs_onnx", results["onnx"]["sequence"], want, atol, errors)

@@ -143,9 +143,10 @@ def build_parser(
     )
     g.add_argument(
         "--layer",
-        choices=("rnn", "sdernn"),
-        default="rnn",
-        help="recurrent layer: keras.layers.RNN or keras_nrnn.SDERNN",
+        choices=("auto", "rnn", "sdernn"),
+        default="auto",
+        help="recurrent layer: keras_nrnn.SDERNN (fast path) or keras.layers.RNN; "
+        "auto = SDERNN for single-state cells",
     )
     g = p.add_argument_group("input / output")
     g.add_argument("--out", default=None, help="run folder (default: runs/<task>/<models>-<hash>)")

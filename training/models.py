@@ -205,7 +205,7 @@ def build_model(
     timesteps: int = 140,
     features: int = 1,
     classes: int = 2,
-    layer: str = "rnn",
+    layer: str = "auto",
 ) -> keras.Model:
     """Build `Input((timesteps, features)) -> RNN(cell) -> Dense(classes)` for model `name`.
 
@@ -218,8 +218,9 @@ def build_model(
         timesteps: sequence length.
         features: input channels.
         classes: number of logits.
-        layer: `"rnn"` (`keras.layers.RNN`, the default) or `"sdernn"`
-            (`keras_nrnn.SDERNN`, single-state keras_nrnn cells only).
+        layer: `"auto"` (default: `keras_nrnn.SDERNN`, the fast path, for single-state
+            cells, `keras.layers.RNN` for the coRNN), `"rnn"` (`keras.layers.RNN`) or
+            `"sdernn"` (`keras_nrnn.SDERNN`, single-state keras_nrnn cells only).
 
     Returns:
         An uncompiled `keras.Model` named after the model.
@@ -233,10 +234,14 @@ def build_model(
     >>> m.output_shape
     (None, 2)
     """
-    if layer not in ("rnn", "sdernn"):
-        raise ValueError(f"Argument `layer` must be 'rnn' or 'sdernn'; received layer={layer!r}.")
+    if layer not in ("auto", "rnn", "sdernn"):
+        raise ValueError(
+            f"Argument `layer` must be 'auto', 'rnn' or 'sdernn'; received layer={layer!r}."
+        )
     cls = resolve_cell_class(name)
     cell = cls(**cell_kwargs(name, hparams, seed))
+    if layer == "auto":
+        layer = "sdernn" if isinstance(cell.state_size, int) else "rnn"
     if layer == "sdernn":
         import keras_nrnn
 

@@ -125,6 +125,10 @@ def test_metadata(exported):
     assert meta["cells"][0]["config"]["additive_noise"] == 0.1
     assert meta["training"] is None and meta["metrics"] is None
     assert meta["note"] == "test"
+    assert meta["export_options"] == {
+        "savedmodel_time_steps": "hybrid", "savedmodel_jit_compile": False,
+        "onnx_time_steps": "fixed",
+    }
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", meta["exported_at"])
 
 
@@ -140,9 +144,10 @@ def test_onnx_models(exported):
     assert [i.name for i in seq.graph.input] == ["inputs"]
     dims = seq.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][2] == FEATURES
-    assert dims[0].dim_param and dims[1].dim_param  # dynamic batch and time
+    # Default for a model of fixed length: unrolled, time fixed to T, dynamic batch, no Loop.
+    assert dims[0].dim_param and dims[1].dim_value == TIME
     assert sorted(o.name for o in seq.graph.output) == ["classes", "logits", "probabilities"]
-    assert "Loop" in onnx_op_types(seq)
+    assert "Loop" not in onnx_op_types(seq) and "If" not in onnx_op_types(seq)
     step = onnx.load(str(exported.path / "model_streaming.onnx"))
     onnx.checker.check_model(step, full_check=True)
     assert sorted(i.name for i in step.graph.input) == ["inputs", "state"]
@@ -170,11 +175,15 @@ def test_keras_savedmodel_onnx_agree(exported):
                                            atol=ATOL)
         np.testing.assert_allclose(sm["streaming"]["new_state"], ox["streaming"]["new_state"],
                                    atol=ATOL)
-    # A time axis of another length than the model was built for (dynamic in both formats).
+    # A time axis of another length than the model was built for: the SavedModel ("hybrid")
+    # runs its while loop, equal to streaming; the fixed-length ONNX model refuses it.
     x = inputs(batch=2, time=5, seed=3)
-    sm = run_saved_model(exported.path, x, UNITS)["sequence"]
-    ox = run_onnx(exported.path, x, UNITS)["sequence"]
-    np.testing.assert_allclose(sm["logits"], ox["logits"], atol=ATOL)
+    sm = run_saved_model(exported.path, x, UNITS)
+    for key in ("logits", "probabilities", "classes"):
+        np.testing.assert_allclose(sm["streaming"][key], sm["sequence"][key], atol=ATOL)
+    sess = ort.InferenceSession(str(exported.path / "model.onnx"))
+    with pytest.raises(Exception, match=r"(?i)dimension|shape"):
+        sess.run(None, {"inputs": x})
 
 
 def test_warmup_requests(exported):
@@ -224,6 +233,47 @@ def test_next_version_and_refusal_to_overwrite(exported, tmp_path):
         export_model(exported.model, exported.base, version=1)
     assert listing(base) == before
     assert listing(exported.base) and (exported.base / "1" / "saved_model.pb").is_file()
+
+
+# --------------------------------------------------------------------------- options
+def _xla_functions(version_dir: Path) -> list[str]:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((version_dir / "saved_model.pb").read_bytes())
+    return [
+        fn.signature.name
+        for fn in proto.meta_graphs[0].graph_def.library.function
+        if "_XlaMustCompile" in fn.attr and fn.attr["_XlaMustCompile"].b
+    ]
+
+
+@pytest.mark.slow
+def test_alternative_time_steps_and_jit(tmp_path, exported):
+    """The non-default options: a dynamic ONNX Loop (any length), a fixed-length unrolled
+    SavedModel signature, XLA kept in the saved function; all verified and equal."""
+    path = export_model(
+        exported.model, tmp_path, sample_inputs=exported.x, onnx_time_steps="dynamic",
+        savedmodel_time_steps="fixed", savedmodel_jit_compile=True,
+    )
+    meta = json.loads((path / "assets" / "metadata.json").read_text())
+    assert meta["export_options"] == {
+        "savedmodel_time_steps": "fixed", "savedmodel_jit_compile": True,
+        "onnx_time_steps": "dynamic",
+    }
+    assert _xla_functions(path) and not _xla_functions(exported.path)
+    seq = onnx.load(str(path / "model.onnx"))
+    assert "Loop" in onnx_op_types(seq)
+    assert seq.graph.input[0].type.tensor_type.shape.dim[1].dim_param  # dynamic time
+    loaded = tf.saved_model.load(str(path))
+    (spec,) = loaded.signatures["serving_default"].structured_input_signature[1].values()
+    assert spec.shape.as_list() == [None, TIME, FEATURES]
+    want = np.asarray(exported.model(exported.x, training=False))
+    sm = run_saved_model(path, exported.x, UNITS)["sequence"]["logits"]
+    np.testing.assert_allclose(sm, want, atol=ATOL)
+    x = inputs(batch=2, time=5, seed=3)
+    ox = run_onnx(path, x, UNITS)
+    np.testing.assert_allclose(ox["sequence"]["logits"], ox["streaming"]["logits"], atol=ATOL)
 
 
 # --------------------------------------------------------------------------- cells
@@ -310,6 +360,8 @@ def test_cli_errors(tmp_path):
     assert proc.returncode == 1 and "tflite" in proc.stderr
     proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--version", "0")
     assert proc.returncode == 1 and "version" in proc.stderr
+    proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--onnx-time-steps", "unrolled")
+    assert proc.returncode == 2 and "--onnx-time-steps" in proc.stderr
     proc = _run_cli(tmp_path, "--out", tmp_path / "out")  # a folder without model.keras
     assert proc.returncode == 1 and "model.keras" in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -336,6 +388,13 @@ def test_bad_inputs_leave_nothing(tmp_path, exported):
         export_model(exported.model, base, formats=("savedmodel", "tflite"))
     with pytest.raises(ValueError, match="version"):
         export_model(exported.model, base, version=0)
+    with pytest.raises(ValueError, match="onnx_time_steps"):
+        export_model(exported.model, base, onnx_time_steps="unrolled")
+    with pytest.raises(ValueError, match="savedmodel_jit_compile"):
+        export_model(exported.model, base, savedmodel_jit_compile="yes")
+    dynamic_model = make_model(make_cell("LipschitzCell"), time=None)
+    with pytest.raises(ExportError, match="fixed input length"):
+        export_model(dynamic_model, base, onnx_time_steps="fixed")
     with pytest.raises(ValueError, match="sample_inputs"):
         export_model(exported.model, base, sample_inputs=np.zeros((2, TIME, FEATURES + 1)))
     with pytest.raises(ValueError, match="standard keys"):

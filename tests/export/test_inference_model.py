@@ -18,7 +18,13 @@ from export_helpers import (
 )
 
 from export import ExportError
-from export.inference_model import build_inference_model, rebuild_float32
+from export.inference_model import (
+    TIME_MODES,
+    _foldable_lipschitz,
+    build_inference_model,
+    check_time_mode,
+    rebuild_float32,
+)
 from export.savedmodel import find_random_tf_ops
 from keras_nrnn import LipschitzCell, NoisyLipschitzCell
 
@@ -83,6 +89,81 @@ def test_every_cell_type_sequence_streaming_keras_agree(kind):
                                             for n in f.node_def}
         assert not [op for op in ops if "Random" in op or "Rng" in op], kind
         assert len(cf.variables) == 4  # pre and head Dense only: the cell is constants
+
+
+def _graph_ops(fn) -> list[str]:
+    graph = fn.get_concrete_function().graph.as_graph_def()
+    return [n.op for n in graph.node] + [n.op for f in graph.library.function
+                                         for n in f.node_def]
+
+
+@pytest.mark.parametrize("learnable_dt", ["none", "per_unit"])
+def test_folded_lipschitz_step_matches_numpy_in_every_time_mode(learnable_dt):
+    """The folded step g <- g M + tanh(g V + p) on g = h / dt (scalar and per-unit dt) gives
+    the independent numpy forward pass; so do the generic (unfolded) and per-step paths."""
+    cell = LipschitzCell(UNITS, dt=0.2, beta=0.8, learnable_dt=learnable_dt)
+    model = make_model(cell)
+    if learnable_dt == "per_unit":  # distinct steps per unit
+        cell.dt_variable.assign(np.linspace(0.05, 0.4, UNITS).astype("float32"))
+    im = build_inference_model(model)
+    assert _foldable_lipschitz(im.cell)
+    x = inputs()
+    logits_np, _ = _numpy_lipschitz(im.cell, im.head_layers[-1], x.astype(np.float64))
+    for hoist, fold in ((True, True), (True, False), (False, False)):
+        im.hoist, im.lipschitz_fold = hoist, fold
+        for mode in TIME_MODES:
+            fn = im.sequence_function(time_mode=mode)
+            got = fn(tf.constant(x))["logits"].numpy()
+            np.testing.assert_allclose(got, logits_np, atol=1e-5, err_msg=f"{hoist} {fold} {mode}")
+            ops = _graph_ops(fn)
+            assert ("While" in ops or "StatelessWhile" in ops) == (mode != "fixed"), mode
+            if hoist and fold:  # one Tanh per step, no per-step multiply by dt
+                tanh = ops.count("Tanh")
+                assert tanh == (TIME if mode == "fixed" else TIME + 1 if mode == "hybrid" else 1)
+    # A hybrid graph takes other lengths too (its while branch).
+    im.hoist, im.lipschitz_fold = True, True
+    short = inputs(time=4)
+    got = im.sequence_function(time_mode="hybrid")(tf.constant(short))["logits"].numpy()
+    want, _ = _numpy_lipschitz(im.cell, im.head_layers[-1], short.astype(np.float64))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ALL_CELLS)
+def test_every_cell_type_unrolled_and_hybrid_agree(kind):
+    """The generic hoisted projection (or the per-step fallback, e.g. the test TwoStateCell
+    whose `call` does not use `project_inputs`) in the unrolled and hybrid graphs."""
+    model = make_model(make_cell(kind), pre_dense=True)
+    im = build_inference_model(model)
+    # TwoStateCell.call never calls project_inputs: detected, per-step `call` fallback.
+    assert im._projection_hoistable(4) == (kind != "TwoStateCell")
+    x = inputs()
+    want = np.asarray(model(x, training=False))
+    for mode in ("fixed", "hybrid"):
+        got = im.sequence_function(time_mode=mode)(tf.constant(x))["logits"].numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=mode)
+
+
+def test_lipschitz_fold_needs_comparable_positive_steps():
+    """Per-unit steps spanning more than 100x (or <= 0) are not folded (the fold scales the
+    state by 1 / dt); the generic hoisted step then gives the same numbers."""
+    cell = LipschitzCell(UNITS, dt=0.2, learnable_dt="per_unit")
+    model = make_model(cell)
+    cell.dt_variable.assign(np.geomspace(1e-3, 0.5, UNITS).astype("float32"))
+    im = build_inference_model(model)
+    assert not _foldable_lipschitz(im.cell)
+    x = inputs()
+    want, _ = _numpy_lipschitz(im.cell, im.head_layers[-1], x.astype(np.float64))
+    got = im.sequence_function(time_mode="fixed")(tf.constant(x))["logits"].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_time_mode_errors():
+    assert check_time_mode("hybrid") == "hybrid"
+    with pytest.raises(ValueError, match="time_mode"):
+        check_time_mode("unrolled")
+    im = build_inference_model(make_model(make_cell("LipschitzCell"), time=None))
+    with pytest.raises(ExportError, match="fixed input length"):
+        im.sequence_function(time_mode="fixed")
 
 
 def test_cell_is_frozen_and_graphs_read_no_cell_variable():
