@@ -256,6 +256,16 @@ def _register_builtins() -> None:
             memory=True,
         ),
         ContenderSpec(
+            "keras-sdernn-xla", OURS, "keras", "benchmarks.keras_side:create",
+            "keras_nrnn.SDERNN(NoisyLipschitzCell) (fast path), compile(jit_compile=True)",
+            memory=True,
+        ),
+        ContenderSpec(
+            "keras-sdernn", OURS, "keras", "benchmarks.keras_side:create",
+            "keras_nrnn.SDERNN(NoisyLipschitzCell) (fast path), compile(jit_compile=False)",
+            default=False,
+        ),
+        ContenderSpec(
             "keras-rnn-cell-predict", OURS, "keras", "benchmarks.keras_side:create",
             "model.predict (reference for inference only)",
         ),

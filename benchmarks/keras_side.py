@@ -45,7 +45,9 @@ def random_batch(batch: int, timesteps: int, config: ECGConfig, seed: int) -> tu
     return x, y
 
 
-def build_model(config: ECGConfig, timesteps: int, noisy: bool, seed: int) -> Any:
+def build_model(
+    config: ECGConfig, timesteps: int, noisy: bool, seed: int, layer: str = "rnn"
+) -> Any:
     """The user-level Sequential model (noisy or deterministic cell) for sequences of length T.
 
     Args:
@@ -53,6 +55,8 @@ def build_model(config: ECGConfig, timesteps: int, noisy: bool, seed: int) -> An
         timesteps: T of `keras.Input((T, input_dim))`.
         noisy: NoisyLipschitzCell if True, LipschitzCell if False.
         seed: seed of the noise generator and of the weights.
+        layer: `"rnn"` (`keras.layers.RNN(cell)`, what users write first) or `"sdernn"`
+            (`keras_nrnn.SDERNN(cell)`, the library's fast path).
 
     Returns:
         An uncompiled `keras.Sequential`.
@@ -65,7 +69,7 @@ def build_model(config: ECGConfig, timesteps: int, noisy: bool, seed: int) -> An
     """
     import keras
 
-    from keras_nrnn import LipschitzCell, NoisyLipschitzCell
+    from keras_nrnn import SDERNN, LipschitzCell, NoisyLipschitzCell
 
     keras.utils.set_random_seed(seed)
     common = dict(dt=config.dt, beta=config.beta, gamma_a=config.gamma_a, gamma_w=config.gamma_w)
@@ -82,7 +86,7 @@ def build_model(config: ECGConfig, timesteps: int, noisy: bool, seed: int) -> An
     return keras.Sequential(
         [
             keras.Input((timesteps, config.input_dim)),
-            keras.layers.RNN(cell),
+            SDERNN(cell) if layer == "sdernn" else keras.layers.RNN(cell),
             keras.layers.Dense(config.num_classes),
         ]
     )
@@ -100,7 +104,12 @@ class KerasCellContender(Contender):
     """
 
     def __init__(
-        self, name: str, options: Options, jit_compile: bool, inference: str = "function"
+        self,
+        name: str,
+        options: Options,
+        jit_compile: bool,
+        inference: str = "function",
+        layer: str = "rnn",
     ) -> None:
         super().__init__(name, OURS, options)
         if inference not in ("function", "predict"):
@@ -109,6 +118,7 @@ class KerasCellContender(Contender):
             )
         self.jit_compile = jit_compile
         self.inference = inference
+        self.layer = layer
 
     def make_train_step(
         self, batch: int, timesteps: int, noisy: bool = True
@@ -119,7 +129,7 @@ class KerasCellContender(Contender):
         import tensorflow as tf
 
         cfg = self.options.config
-        model = build_model(cfg, timesteps, noisy, self.options.seed)
+        model = build_model(cfg, timesteps, noisy, self.options.seed, self.layer)
         model.compile(
             optimizer="adam",
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -137,7 +147,7 @@ class KerasCellContender(Contender):
         import tensorflow as tf
 
         cfg = self.options.config
-        model = build_model(cfg, timesteps, True, self.options.seed)
+        model = build_model(cfg, timesteps, True, self.options.seed, self.layer)
         x, _ = random_batch(batch, timesteps, cfg, self.options.seed)
         if self.inference == "predict":
 
@@ -181,6 +191,8 @@ def create(name: str, options: Options) -> Contender:
         "keras-rnn-cell": dict(jit_compile=False),
         "keras-rnn-cell-xla": dict(jit_compile=True),
         "keras-rnn-cell-predict": dict(jit_compile=False, inference="predict"),
+        "keras-sdernn": dict(jit_compile=False, layer="sdernn"),
+        "keras-sdernn-xla": dict(jit_compile=True, layer="sdernn"),
     }
     if name not in variants:
         raise ValueError(
