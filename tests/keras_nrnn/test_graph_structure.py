@@ -93,18 +93,18 @@ def test_inference_graph_has_no_random_op(scheme):
     assert everything["AssignVariableOp"] == 0  # the seed generator is not advanced
 
 
-@pytest.mark.parametrize(("scheme", "kinds"), [("euler_maruyama", {"StatelessRandomNormalV2"}),
-                                               ("tamed", {"StatelessRandomNormalV2"}),
-                                               ("research", {"StatelessRandomNormalV2",
-                                                             "StatelessRandomUniformV2"})])
-def test_training_graph_draws_inside_the_loop(scheme, kinds):
+# Normals are drawn as ndtri(uniform) (keras_nrnn.random_ops): one uniform draw per normal.
+@pytest.mark.parametrize(("scheme", "n_uniform"), [("euler_maruyama", 1), ("tamed", 1),
+                                                   ("research", 2)])
+def test_training_graph_draws_inside_the_loop(scheme, n_uniform):
     layer = keras.layers.RNN(noisy_cell(scheme))
     layer.build((None, T, FEATURES))
     _, functions = traced(layer, training=True)
     (body,) = while_bodies(functions)
     drawn = random_ops(body)
     assert drawn, body
-    assert kinds <= set(drawn), drawn
+    assert drawn.get("StatelessRandomUniformV2") == n_uniform, drawn
+    assert body["Ndtri"] == 1, body
     assert body["AssignVariableOp"] >= 1  # the generator advances at every step
 
 

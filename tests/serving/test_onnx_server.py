@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _serving_helpers import CLASSES, UNITS, ExportInfo, Server, copy_export, run_server
+from _serving_helpers import CLASSES, UNITS, ExportInfo, F, Server, T, copy_export, run_server
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -171,7 +171,7 @@ def _bad_requests(server: Server, info: ExportInfo) -> list[tuple[str, dict, int
             "signature_name": "streaming_step",
             "inputs": {"inputs": [[1.0]], "state": np.zeros((2, UNITS)).tolist()}}}, 400,
          "same batch size"),
-        ("batch_too_large", {"url": url, "json": {"instances": np.zeros((65, 2, 1)).tolist()}},
+        ("batch_too_large", {"url": url, "json": {"instances": np.zeros((65, T, F)).tolist()}},
          400, "exceeds this server's limit of 64"),
         ("body_too_large", {"url": url, "content": b" " * BIG}, 413, "--max-body-bytes"),
         ("body_too_large_chunked", {"url": url, "content": (b" " * 100_000 for _ in range(21))},

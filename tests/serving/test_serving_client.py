@@ -10,7 +10,7 @@ import sys
 import grpc
 import numpy as np
 import pytest
-from _serving_helpers import ROOT, UNITS, ExportInfo, Server, env
+from _serving_helpers import ROOT, UNITS, ExportInfo, F, Server, T, env
 
 from serving._protos import ndarray_to_tensor_proto, protos
 from serving.client import ServingClient, ServingError, load_inputs
@@ -41,7 +41,8 @@ def test_status_and_metadata_same_over_rest_and_grpc(server: Server) -> None:
                     other = sig_rpc[name][kind][tensor]
                     assert info["dtype"] == other["dtype"]
                     assert info["tensor_shape"]["dim"] == other["tensor_shape"]["dim"]
-        assert rest.input_specs() == rpc.input_specs() == {"inputs": ("DT_FLOAT", [-1, -1, 1])}
+        # The export unrolls model.onnx for the model's fixed T, so the time axis is T, not -1.
+        assert rest.input_specs() == rpc.input_specs() == {"inputs": ("DT_FLOAT", [-1, T, F])}
 
 
 def test_predict_matches_keras(client: ServingClient, export_info: ExportInfo) -> None:
