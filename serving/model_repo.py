@@ -110,8 +110,8 @@ class ModelRepository:
 
     Args:
         base_path: the export base (`EXPORT_BASE`) with integer version subfolders.
-        name: model name used in URLs; default: `name` from the latest version's
-            `assets/metadata.json`, else the folder name of `base_path`.
+        name: model name used in URLs; default: the folder name of `base_path`, as TF
+            Serving's `--model_base_path` convention suggests.
         num_versions: how many of the newest versions to keep loaded (>= 1).
         intra_op_threads: onnxruntime intra-op threads per session (>= 1). On a small machine
             1 is best for throughput: concurrency comes from `inference_threads` sessions
@@ -165,7 +165,6 @@ class ModelRepository:
         self._pending: dict[int, tuple[int, int]] = {}
         self._failed: dict[int, tuple[tuple[int, int] | None, str]] = {}
         self._refresh_lock = threading.Lock()
-        self._fixed_name = name
         self.name = name or self.base_path.resolve().name
 
     # -- discovery -------------------------------------------------------------------------
@@ -264,10 +263,6 @@ class ModelRepository:
                     log.info("Unloaded version %d of model %s", v, self.name)
             if changed:
                 self._versions = current
-                if self._fixed_name is None and current:
-                    meta_name = current[max(current)].metadata.get("name")
-                    if isinstance(meta_name, str) and meta_name:
-                        self.name = meta_name
             return sorted(self._versions, reverse=True)
 
     # -- lookup ----------------------------------------------------------------------------

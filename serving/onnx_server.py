@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve an export base with onnxruntime behind TF Serving's REST/gRPC APIs.")
     ap.add_argument("export_base", type=Path, help="folder with integer version subfolders")
     ap.add_argument("--name", default=None,
-                    help="model name in URLs (default: metadata.json name, else folder name)")
+                    help="model name in URLs (default: the export base folder's name)")
     ap.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
     ap.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
     ap.add_argument("--grpc-port", type=int, default=8500,

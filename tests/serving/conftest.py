@@ -49,7 +49,7 @@ def export_info(tmp_path_factory: pytest.TempPathFactory) -> ExportInfo:
 def server(export_info: ExportInfo, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("server")
-    base = copy_export(export_info, tmp / "base")
+    base = copy_export(export_info, tmp / export_info.name)
     with run_server(base, export_info.name, tmp / "server.log", "--max-batch-size", "64",
                     "--max-body-bytes", "2000000", "--poll-seconds", "0.5") as srv:
         yield srv

@@ -246,7 +246,7 @@ def _wait_for(cond, timeout: float = 30.0) -> None:
 def test_hot_reload_new_version(export_info: ExportInfo, tmp_path: Path) -> None:
     from serving.client import ServingClient
 
-    base = copy_export(export_info, tmp_path / "base")
+    base = copy_export(export_info, tmp_path / export_info.name)
     with run_server(base, export_info.name, tmp_path / "server.log", "--poll-seconds",
                     "0.3", "--no-batching") as srv:
         status_url = f"{srv.url}/v1/models/{srv.name}"
