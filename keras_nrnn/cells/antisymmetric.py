@@ -113,30 +113,14 @@ class AntisymmetricCell(SDECell):
         )
 
     def build_drift(self, input_dim: int) -> None:
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(input_dim, self.units),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
+        self.kernel = self._add_input_kernel(input_dim)
         self.m_w = self.add_weight(
             name="m_w",
             shape=(self.units, self.units),
             initializer=keras.initializers.RandomNormal(stddev=self.init_std / self.units),
             regularizer=self.recurrent_regularizer,
         )
-        self.bias = (
-            self.add_weight(
-                name="bias",
-                shape=(self.units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-            if self.use_bias
-            else None
-        )
+        self.bias = self._add_bias()
 
     def recurrent_matrix(self):
         """`W = M - M^T - gamma I` as a tensor in the compute dtype."""

@@ -264,6 +264,29 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
     def reset_recurrent_dropout_mask(self) -> None:
         return None
 
+    def _add_input_kernel(self, input_dim: int):
+        """The input kernel `(input_dim, units)`, named `kernel`, with the cell's
+        `kernel_initializer`, `kernel_regularizer` and `kernel_constraint`."""
+        return self.add_weight(
+            name="kernel",
+            shape=(input_dim, self.units),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+
+    def _add_bias(self):
+        """The drift's bias `(units,)`, named `bias`, or None when `use_bias` is False."""
+        if not self.use_bias:
+            return None
+        return self.add_weight(
+            name="bias",
+            shape=(self.units,),
+            initializer=self.bias_initializer,
+            regularizer=self.bias_regularizer,
+            constraint=self.bias_constraint,
+        )
+
     # ----------------------------------------------------------------- config
     def _set_keras_objects(self, **objects: Any) -> None:
         """Resolve and store `*_initializer`, `*_regularizer`, `*_constraint` arguments.

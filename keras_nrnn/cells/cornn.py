@@ -149,13 +149,7 @@ class CoRNNCell(SDECell):
         self.output_size = self.units
 
     def build_drift(self, input_dim: int) -> None:
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(input_dim, self.units),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
+        self.kernel = self._add_input_kernel(input_dim)
         self.recurrent_kernel = self.add_weight(
             name="recurrent_kernel",
             shape=(self.units, self.units),
@@ -170,17 +164,7 @@ class CoRNNCell(SDECell):
             regularizer=self.recurrent_regularizer,
             constraint=self.recurrent_constraint,
         )
-        self.bias = (
-            self.add_weight(
-                name="bias",
-                shape=(self.units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-            if self.use_bias
-            else None
-        )
+        self.bias = self._add_bias()
 
     def precompute(self) -> dict:
         dtype = self.compute_dtype

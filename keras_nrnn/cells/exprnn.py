@@ -283,13 +283,7 @@ class ExpRNNCell(SDECell):
         return "none" if self.learnable_dt is None else self.learnable_dt
 
     def build_drift(self, input_dim: int) -> None:
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(input_dim, self.units),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
+        self.kernel = self._add_input_kernel(input_dim)
         self.m = self.add_weight(
             name="m",
             shape=(self.units, self.units),

@@ -105,13 +105,7 @@ class LipschitzCell(SDECell):
 
     def build_drift(self, input_dim: int) -> None:
         recurrent_init = keras.initializers.RandomNormal(stddev=self.init_std / self.units)
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(input_dim, self.units),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
+        self.kernel = self._add_input_kernel(input_dim)
         self.m_a = self.add_weight(
             name="m_a",
             shape=(self.units, self.units),
@@ -124,17 +118,7 @@ class LipschitzCell(SDECell):
             initializer=recurrent_init,
             regularizer=self.recurrent_regularizer,
         )
-        self.bias = (
-            self.add_weight(
-                name="bias",
-                shape=(self.units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-            if self.use_bias
-            else None
-        )
+        self.bias = self._add_bias()
 
     def recurrent_matrices(self):
         """`(A, W)` as tensors in the compute dtype, formed from `M_A`, `M_W`."""
