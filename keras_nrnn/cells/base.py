@@ -119,8 +119,18 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
         raise NotImplementedError
 
     def precompute(self) -> dict:
-        """Tensors formed once per sequence (weights cast to the compute dtype, A, W, ...)."""
+        """Tensors formed once per sequence (weights cast to the compute dtype, A, W, ...).
+
+        The step under the key `"dt"` may be left out: `_precompute` adds `step_size()`.
+        """
         raise NotImplementedError
+
+    def _precompute(self) -> dict:
+        """`precompute()` with the step always present under `"dt"` (read once, not per step)."""
+        cache = self.precompute()
+        if "dt" not in cache:
+            cache["dt"] = self.step_size()
+        return cache
 
     def project_inputs(self, inputs, cache: dict):
         """The part of the drift that depends on the inputs only (e.g. `U x + b`).
@@ -175,7 +185,7 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
             }
         if self._sequence_cache is not None:
             return self._sequence_cache
-        return self.precompute()
+        return self._precompute()
 
     def freeze(self) -> None:
         """Evaluate `precompute()` now and use the values as constants from then on.
@@ -193,7 +203,7 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
         >>> bool(np.allclose(layer(np.ones((1, 3, 2), "float32")), y))
         True
         """
-        cache = self.precompute()
+        cache = self._precompute()
         self._frozen_cache = {
             k: v if v is None or isinstance(v, float) else ops.convert_to_numpy(v)
             for k, v in cache.items()
@@ -234,10 +244,7 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
         h = ops.cast(h, self.compute_dtype)
         cache = self._cache()
         f = self.drift(inputs, h, cache)
-        # Not `cache.get("dt", self.step_size())`: the default would read and cast the dt
-        # variable at every step even though the per-sequence cache already holds it.
-        dt = cache["dt"] if "dt" in cache else self.step_size()
-        h_new = self.integrate(h, f, training, dt)
+        h_new = self.integrate(h, f, training, cache["dt"])
         return h_new, [h_new]
 
     def get_initial_state(self, batch_size=None):

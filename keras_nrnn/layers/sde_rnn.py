@@ -131,7 +131,7 @@ class SDERNN(keras.layers.Layer):
         dtype = cell.compute_dtype
         sequences = ops.cast(sequences, dtype)
         cache = cell._cache()
-        dt = cache["dt"] if "dt" in cache else cell.step_size()
+        dt = cache["dt"]
         # Time-major from here: (time, batch, ...).
         if self._projects_first(sequences.shape[-1]):
             steps = ops.transpose(cell.project_inputs(sequences, cache), (1, 0, 2))
