@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.threads import configure_tensorflow
 
         configure_tensorflow()
-    else:
+    if args.only != "keras":
+        # The baseline is PyTorch; `--only keras` runs our contenders alone and needs no torch.
         from benchmarks.torch_baseline import INSTALL_HINT, torch_available
 
         if not torch_available():

@@ -515,7 +515,7 @@ def render(results: Mapping, markdown: bool) -> str:
 
 def write(results: Mapping, out_dir: Path) -> tuple[Path, Path]:
     """Write latest.json and latest.md atomically; returns their paths."""
-    from keras_nrnn.io_utils import atomic_write_text
+    from atomic_io import atomic_write_text
 
     out_dir = Path(out_dir)
     json_path = atomic_write_text(out_dir / "latest.json", json.dumps(results, indent=2) + "\n")

@@ -14,6 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from atomic_io import atomic_directory, atomic_write_text
 from export.errors import ExportError
 from export.inference_model import InferenceModel, build_inference_model, load_source
 from export.metadata import METADATA_FILE, build_metadata, to_json
@@ -22,7 +23,6 @@ from export.options import FORMATS, check_time_steps, check_version, parse_forma
 from export.savedmodel import save_inference_model
 from export.verify import SavedModelCliCheck, default_sample_inputs, verify_export
 from export.warmup import WARMUP_FILE, warmup_requests, write_warmup_file
-from keras_nrnn.io_utils import atomic_directory, atomic_write_text
 
 __all__ = ["FORMATS", "export_model", "next_version", "parse_formats"]
 

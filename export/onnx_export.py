@@ -22,8 +22,8 @@ from pathlib import Path
 import onnx
 import tensorflow as tf
 
+from atomic_io import atomic_write_bytes
 from export.errors import ExportError
-from keras_nrnn.io_utils import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     text = json.dumps(result, indent=1)
     if args.command == "predict" and args.out is not None:
-        from serving._io import atomic_write_text
+        from atomic_io import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
         print(f"wrote {args.out}", file=sys.stderr)

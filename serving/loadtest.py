@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               if args.input_shape else None, args.http_client)
     except ValueError as err:
         ap.error(str(err))
-    from serving._io import atomic_write_text
+    from atomic_io import atomic_write_text
 
     atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
     print(format_report(report))

@@ -353,7 +353,7 @@ def write_configs(export_base: str | Path, name: str, out_dir: str | Path,
     """
     from google.protobuf import text_format
 
-    from serving._io import atomic_write_text
+    from atomic_io import atomic_write_text
 
     if check:
         check_export_layout(export_base)

@@ -8,7 +8,7 @@ The model is `Input((140, 1)) -> RNN(cell) -> Dense(2)` (logits), trained with A
 `SparseCategoricalCrossentropy(from_logits=True)` on the 500 training beats, the best epoch chosen
 on the 500 validation beats, and evaluated in inference mode (no noise) on the 4000 test beats:
 clean, additive and multiplicative white noise, salt and pepper, FGSM
-(`keras_nrnn.perturbations.ECG_ROBUSTNESS_GRID`), with the same perturbed inputs for every model
+(`training.perturbations.ECG_ROBUSTNESS_GRID`), with the same perturbed inputs for every model
 and seed.
 
 Run folder (`--out`, default `runs/ecg/<models>-<hash of the configuration>`):
@@ -173,11 +173,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import keras
     import numpy as np
 
-    from keras_nrnn.io_utils import atomic_write_bytes, atomic_write_text
-    from keras_nrnn.perturbations import ECG_ROBUSTNESS_GRID
+    from atomic_io import atomic_write_bytes, atomic_write_text
     from training import cli, reporting, robustness
     from training.data import load_ecg5000, make_dataset
     from training.models import MODELS, build_model, resolve_cell_class
+    from training.perturbations import ECG_ROBUSTNESS_GRID
     from training.runner import TrainSettings, train_seed
 
     precision = cli.resolve_precision(args.precision)

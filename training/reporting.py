@@ -2,7 +2,7 @@
 `robustness.png` (accuracy against perturbation strength, one line per model, a band of one
 standard deviation over seeds, one panel per perturbation kind, like the paper's Figure 2).
 
-Everything is written atomically (`keras_nrnn.io_utils`). Accuracies are fractions in the JSON
+Everything is written atomically (`atomic_io`). Accuracies are fractions in the JSON
 and percentages in the Markdown table and the plot.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from keras_nrnn.io_utils import atomic_write_bytes, atomic_write_text
+from atomic_io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "KIND_LABELS",

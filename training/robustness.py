@@ -1,7 +1,7 @@
 """Robustness evaluation over a perturbation grid, and aggregation over seeds.
 
 Every model and every seed sees exactly the same perturbed inputs for the random kinds: the
-inputs are drawn by `keras_nrnn.perturbations` from a seed that depends only on
+inputs are drawn by `training.perturbations` from a seed that depends only on
 `(base seed, kind, strength index)`, and `PerturbedInputs` computes each array once and shares
 it. FGSM depends on the model (it follows the model's own gradient), as in the paper. Models are
 evaluated in inference mode (`training=False`), so noisy cells inject no noise.
@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_nrnn import perturbations
+from training import perturbations
 
 __all__ = [
     "DEFAULT_PERTURBATION_SEED",
@@ -136,7 +136,7 @@ def evaluate_robustness(
         model: a model mapping inputs to logits.
         x: clean test inputs.
         y: integer labels.
-        grid: `kind -> strengths`, kinds from `keras_nrnn.perturbations.KINDS`.
+        grid: `kind -> strengths`, kinds from `training.perturbations.KINDS`.
         inputs: shared `PerturbedInputs` of `x` (built here if None).
         batch_size: prediction / FGSM batch size.
         jit_compile: compile FGSM's gradient function with XLA.

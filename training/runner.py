@@ -45,7 +45,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_nrnn.io_utils import atomic_write_bytes, atomic_write_text
+from atomic_io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "CHECKPOINT_FILE",

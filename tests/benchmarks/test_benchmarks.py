@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -396,15 +397,36 @@ def test_a_new_contender_plugs_in_without_harness_changes():
 
 
 @pytest.mark.slow
+def _env_without_torch(tmp_path):
+    """An environment in which `import torch` fails, in this process's children too.
+
+    `--only keras` must work on a machine without PyTorch; the test suite itself has PyTorch
+    installed (it tests the baseline), so its absence is made real for the child processes by a
+    package of the same name first on the path that refuses to import.
+    """
+    blocker = tmp_path / "no_torch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch' (blocked)\", name='torch')\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(blocker.parent), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    return env
+
+
 def test_cli_quick_keras_only_writes_expected_json(tmp_path):
+    out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "keras", "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "keras", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+        env=_env_without_torch(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ours/baseline" in proc.stdout
-    results = json.loads((tmp_path / "latest.json").read_text())
-    assert (tmp_path / "latest.md").exists()
+    results = json.loads((out / "latest.json").read_text())
+    assert (out / "latest.md").exists()
     assert {"meta", "figures", "timings", "memory", "skipped", "contenders"} <= set(results)
     assert set(results["figures"]) == {
         "train_seq_per_s", "noise_overhead", "infer_latency_ms_b1", "infer_seq_per_s_b256",

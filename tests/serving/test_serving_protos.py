@@ -55,7 +55,7 @@ def test_serving_runs_without_tensorflow_keras_training_or_export() -> None:
         "import sys\n"
         "import serving, serving.onnx_server, serving.rest_api, serving.grpc_service\n"
         "import serving.client, serving.loadtest, serving.codec, serving.model_repo\n"
-        "import serving.tf_serving_config, serving._io\n"
+        "import serving.tf_serving_config, atomic_io\n"
         "from serving._protos import protos, batching_parameters_class\n"
         "protos(); batching_parameters_class()\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in\n"

@@ -8,8 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_nrnn import perturbations
-from training import reporting, robustness
+from training import perturbations, reporting, robustness
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

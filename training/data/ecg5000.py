@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_nrnn.io_utils import atomic_write_bytes
+from atomic_io import atomic_write_bytes
 
 __all__ = [
     "CACHE_SUBDIR",

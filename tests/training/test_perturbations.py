@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_nrnn import perturbations as pt
+from training import perturbations as pt
 
 SHAPE = (100, 140, 1)  # 14,000 values
 N = int(np.prod(SHAPE))
