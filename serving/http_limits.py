@@ -6,8 +6,9 @@ and answers 503 beyond `limit_concurrency`, but a socket that never sends a comp
 head is kept forever and every accepted socket holds a descriptor. `guarded_h11_protocol`
 adds what is missing:
 
-* a connection accepted while `max_connections` are open is closed at once, so idle sockets
-  cannot use up the process's file descriptors;
+* when a connection arrives while `max_connections` are open, the connection idle the longest
+  (no request in progress) is closed to make room, or the new one if none is idle; so idle
+  sockets can neither use up the process's file descriptors nor lock good clients out;
 * a connection that has not sent a complete request head `header_timeout_s` after it was
   opened (or after its previous response) is closed.
 
@@ -79,18 +80,30 @@ def guarded_h11_protocol(max_connections: int, header_timeout_s: float) -> type:
     class GuardedH11Protocol(H11Protocol):
         _head_timer: Any = None
 
+        _idle_since: float = 0.0
+
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._idle_since = time.monotonic()
             if len(self.connections) > max_connections:
                 state["refused"] += 1
                 now = time.monotonic()
                 if now - state["last_warning"] > 10:
-                    limited.warning("Connection limit of %d reached: closing new connections "
-                                    "(%d refused so far).", max_connections, state["refused"])
+                    limited.warning("Connection limit of %d reached: closing the longest idle "
+                                    "connections (%d closed so far).", max_connections,
+                                    state["refused"])
                     state["last_warning"] = now
-                transport.close()
-                return
+                victim = min((c for c in self.connections
+                              if c is not self and isinstance(c, GuardedH11Protocol)
+                              and c._is_idle()), key=lambda c: c._idle_since, default=self)
+                victim.transport.close()
+                if victim is self:
+                    return
             self._arm_head_timer()
+
+        def _is_idle(self) -> bool:
+            return (self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+                    and (self.cycle is None or self.cycle.response_complete))
 
         def _arm_head_timer(self) -> None:
             self._cancel_head_timer()
@@ -114,6 +127,7 @@ def guarded_h11_protocol(max_connections: int, header_timeout_s: float) -> type:
                 self._cancel_head_timer()
 
         def on_response_complete(self) -> None:
+            self._idle_since = time.monotonic()
             super().on_response_complete()
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
                 self._arm_head_timer()
