@@ -100,12 +100,12 @@ def run_server(base: Path, name: str, log: Path, *extra: str,
             proc.wait(5)
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process (Linux /proc), in bytes."""
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size (`VmRSS`) or its peak so far (`VmHWM`) of a process, in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:

@@ -53,7 +53,7 @@ def test_grpc_shape_claim_refused_before_allocation(lserver: Server) -> None:
     p = protos()
     req = _claim_request(lserver.name, (1, BIG_T, 1))
     assert len(req.SerializeToString()) < 64
-    before = rss_bytes(lserver.proc.pid)
+    before = rss_bytes(lserver.proc.pid, "VmHWM")  # the peak: freed memory still counts
     with grpc.insecure_channel(lserver.grpc) as channel:
         stub = p.prediction_service_pb2_grpc.PredictionServiceStub(channel)
         for _ in range(3):
@@ -66,7 +66,7 @@ def test_grpc_shape_claim_refused_before_allocation(lserver: Server) -> None:
             stub.Predict(_claim_request(lserver.name, (BIG_T, 1), "streaming_step"), timeout=20)
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # Generous: a broadcast would have added 512 MiB.
-    assert rss_bytes(lserver.proc.pid) - before < 128 << 20
+    assert rss_bytes(lserver.proc.pid, "VmHWM") - before < 128 << 20
 
 
 def test_decode_refuses_a_large_claim_without_allocating() -> None:
@@ -90,6 +90,24 @@ def test_decode_refuses_a_large_claim_without_allocating() -> None:
     # Python ints: a claim whose size overflows int64 is refused, not wrapped around.
     with pytest.raises(ServingError, match="bytes"):
         check_shape((2**40, 2**40, 1), spec, "input 'inputs'", max_bytes=8 << 20)
+
+
+def test_json_claimed_shape_refused_without_allocating() -> None:
+    from serving.codec import to_array
+
+    spec = TensorSpec("inputs", np.dtype(np.float32), (None, T, 1))
+    row = [[0.5]] * 1000  # one shared row: the lists take little memory, an array 40 MB
+    value = [row] * 5000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ServingError, match=f"dimension 1 must be {T}"):
+            to_array(value, spec, "input 'inputs'")
+        with pytest.raises(ServingError, match="nested more than 3 deep"):
+            to_array([[[[0.5]]]], spec, "input 'inputs'")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
 
 
 def test_rest_claimed_shape_checked_before_the_array_is_built(lserver: Server) -> None:
