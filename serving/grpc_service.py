@@ -1,8 +1,10 @@
 """TF Serving's gRPC `PredictionService` (Predict, GetModelMetadata) and `ModelService`
 (GetModelStatus) over a `ModelRepository`, with the protos of tensorflow-serving-api.
 
-Errors map to gRPC status codes: bad inputs -> INVALID_ARGUMENT, unknown model, version or
-signature -> NOT_FOUND / INVALID_ARGUMENT (as TF Serving), too large batch -> INVALID_ARGUMENT.
+Errors map to gRPC status codes as TF Serving's: bad inputs, unknown signature, version label
+(none configured), too large a batch or tensor -> INVALID_ARGUMENT; unknown model or version
+-> NOT_FOUND. Input shapes and sizes are checked against the signature before a TensorProto is
+decoded, so a small message cannot claim a huge tensor.
 Sessions run in the repository's worker threads (batched), shared with the REST front end.
 """
 

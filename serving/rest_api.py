@@ -8,9 +8,9 @@ Routes (same URLs, bodies and error shape `{"error": "..."}` as `tensorflow_mode
     GET  /monitoring/prometheus/metrics           Prometheus metrics (see `serving.metrics`)
     GET  /healthz                                 200 when a version is loaded, else 503
 
-The event loop only moves bytes: request bodies are read incrementally (413-style refusal,
-RESOURCE_EXHAUSTED -> 429 as TF Serving maps it, beyond `max_body_bytes`; 408 when the body
-does not arrive within `body_timeout_s`), then JSON decoding and validation run in a small
+The event loop only moves bytes: request bodies are read incrementally (RESOURCE_EXHAUSTED,
+HTTP 429 as TF Serving maps it, beyond `max_body_bytes`; 408 when the body does not arrive
+within `body_timeout_s`), then JSON decoding and validation run in a small
 thread pool (`decode_threads`), and sessions run in the repository's worker threads (batched,
 see `serving.batching`). The bytes of bodies being read or decoded are bounded by
 `max_inflight_bytes`: a request waits for room, and gets 429 if none frees up in time.
