@@ -134,6 +134,9 @@ def serve(args: argparse.Namespace) -> None:
             batch_timeout_s=args.batch_timeout_micros / 1e6)
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()  # no `_created` series next to every counter (as TF Serving)
     metrics = ServerMetrics(repo.name)
     repo.on_event = metrics.version_event
     repo.on_batch = lambda sig, size, seconds: metrics.batch(sig.name, size, seconds)
