@@ -168,6 +168,7 @@ class _Servicer:
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         p = protos()
+        start = time.perf_counter()
         try:
             mv = self._version(request.model_spec)
             fields = list(request.metadata_field)
@@ -179,7 +180,9 @@ class _Servicer:
                 raise ServingError(f"Metadata field(s) {bad} are not supported; supported: "
                                    "'signature_def'.")
         except ServingError as err:
+            self._observe("metadata", None, "", err.code, start)
             self._abort(context, err)
+        self._observe("metadata", mv.version, "", "OK", start)
         response = p.get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = self.repo.name
         response.model_spec.version.value = mv.version
@@ -195,6 +198,7 @@ class _Servicer:
 
     def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         p = protos()
+        start = time.perf_counter()
         spec = request.model_spec
         try:
             if spec.name != self.repo.name:
@@ -210,7 +214,10 @@ class _Servicer:
                 raise ServingError(f"Could not find any versions of model {spec.name}",
                                    "NOT_FOUND")
         except ServingError as err:
+            self._observe("status", None, "", err.code, start)
             self._abort(context, err)
+        self._observe("status", spec.version.value if spec.HasField("version") else None, "",
+                      "OK", start)
         response = p.get_model_status_pb2.GetModelStatusResponse()
         for v in loaded:
             status = response.model_version_status.add()

@@ -323,6 +323,7 @@ def test_prometheus_metrics(lserver: Server, export_info: ExportInfo) -> None:
     assert httpx.post(url, json={"instances": [[[1.0]]]}).status_code == 400
     with ServingClient(lserver.grpc, lserver.name) as client:
         client.predict(export_info.x[:1])
+        client.metadata()
     r = httpx.get(lserver.url + "/monitoring/prometheus/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     samples = [s for f in text_string_to_metric_families(r.text) for s in f.samples]
@@ -336,6 +337,7 @@ def test_prometheus_metrics(lserver: Server, export_info: ExportInfo) -> None:
               API="predict", status="OK")
     assert value(count, entrypoint="REST", **ok) >= 3
     assert value(count, entrypoint="GRPC", **ok) >= 1
+    assert value(count, entrypoint="GRPC", API="metadata", status="OK") >= 1
     assert value(count, entrypoint="REST", API="predict", status="INVALID_ARGUMENT") >= 1
     assert value(":tensorflow:serving:request_latency_count", API="predict",
                  entrypoint="REST") >= 4
@@ -346,3 +348,22 @@ def test_prometheus_metrics(lserver: Server, export_info: ExportInfo) -> None:
     assert value(":tensorflow:serving:model_load_count_total", model_version="1",
                  status="OK") == 1
     assert value(":tensorflow:serving:model_versions_available") == 1
+
+
+def test_inflight_byte_budget_refuses_with_429_when_full() -> None:
+    from serving.rest_api import _ByteBudget
+
+    async def scenario() -> None:
+        budget = _ByteBudget(1000)
+        await budget.acquire(800, timeout=1)
+        with pytest.raises(ServingError) as exc:
+            await budget.acquire(300, timeout=0.1)
+        assert exc.value.code == "RESOURCE_EXHAUSTED" and exc.value.http_status == 429
+        waiter = asyncio.create_task(budget.acquire(300, timeout=5))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # waits for room rather than failing at once
+        await budget.release(800)
+        await asyncio.wait_for(waiter, 5)
+        assert budget.used == 300
+
+    asyncio.run(scenario())
