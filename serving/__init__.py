@@ -8,6 +8,8 @@ Modules (run the CLIs with `python -m serving.<module> --help`):
     serving.onnx_server         onnxruntime server with TF Serving's REST and gRPC APIs
     serving.client              `ServingClient` (REST or gRPC) and its CLI
     serving.loadtest            bounded concurrent load test, JSON report
+    serving.soak                bounded soak test: load while versions change and the server
+                                is killed and restarted
 
 Nothing here imports `training` or `export`, and the server and clients do not import
 TensorFlow (the TF Serving protos are loaded without it, see `serving._protos`).

@@ -178,19 +178,22 @@ def ndarray_to_tensor_proto(array: Any) -> Any:
     return proto
 
 
-def tensor_proto_to_ndarray(proto: Any) -> np.ndarray:
+def tensor_proto_to_ndarray(proto: Any, max_bytes: int | None = None) -> np.ndarray:
     """Convert a `TensorProto` to a numpy array (like `tf.make_ndarray`).
 
     Args:
         proto: a `tensorflow.TensorProto` of dtype DT_FLOAT, DT_DOUBLE, DT_HALF, DT_INT32,
             DT_INT64 or DT_BOOL, with `tensor_content` or the typed `*_val` field (a single
             value is broadcast to the shape, as TensorFlow does).
+        max_bytes: refuse (before allocating) a tensor whose shape needs more bytes than
+            this (None: no limit).
 
     Returns:
         The array.
 
     Raises:
-        ValueError: unsupported dtype, or the number of values does not match the shape.
+        ValueError: unsupported dtype, the number of values does not match the shape, or the
+            shape needs more than `max_bytes`.
 
     Example:
 
@@ -208,7 +211,12 @@ def tensor_proto_to_ndarray(proto: Any) -> np.ndarray:
     shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
     if any(s < 0 for s in shape):
         raise ValueError(f"Tensor shape must be fully defined; received {list(shape)}.")
-    n = int(np.prod(shape, dtype=np.int64))
+    n = 1
+    for s in shape:  # Python ints: no overflow
+        n *= s
+    if max_bytes is not None and n * dtype.itemsize > max_bytes:
+        raise ValueError(f"Tensor shape {list(shape)} of {dtype} needs {n * dtype.itemsize} "
+                         f"bytes, more than the limit of {max_bytes} bytes.")
     if proto.tensor_content:
         if len(proto.tensor_content) != n * dtype.itemsize:
             raise ValueError(

@@ -69,6 +69,8 @@ class Batcher:
         self._closed = False
         self.batches_run = 0
         self.requests_run = 0
+        # Called as on_batch(sig, examples, seconds) after each session run (metrics).
+        self.on_batch: Any = None
         self._threads = [threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True)
                          for i in range(num_threads)]
         for t in self._threads:
@@ -129,6 +131,7 @@ class Batcher:
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not live:
             return
+        start = time.perf_counter()
         try:
             if len(live) == 1:
                 outputs = [live[0].sig.run(live[0].feeds)]
@@ -148,6 +151,9 @@ class Batcher:
             return
         self.batches_run += 1
         self.requests_run += len(live)
+        if self.on_batch is not None:
+            self.on_batch(live[0].sig, sum(item.size for item in live),
+                          time.perf_counter() - start)
         for item, out in zip(live, outputs, strict=True):
             item.future.set_result(out)
 

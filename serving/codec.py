@@ -3,8 +3,11 @@
 Implements the JSON bodies of TF Serving's REST API (`instances` row format ->
 `{"predictions": ...}`, `inputs` columnar format -> `{"outputs": ...}`, model status and
 metadata) and the validation of inputs against a signature: dtype, rank, fixed dimensions,
-finite values, batch limits. Every problem is a `ServingError` whose message names what was
-wrong, with a canonical gRPC code name that maps to an HTTP status.
+finite values, batch and size limits. Shapes are checked before anything is allocated: the
+claimed shape of a TensorProto or of nested JSON lists is compared with the signature and the
+limits first (`check_shape`), so a small request cannot make the server allocate a large array.
+Every problem is a `ServingError` whose message names what was wrong, with a canonical gRPC
+code name that maps to an HTTP status as TF Serving's HTTP front end maps it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from serving.model_repo import DEFAULT_SIGNATURE, ModelVersion, SignatureInfo, T
 __all__ = [
     "HTTP_STATUS",
     "ServingError",
+    "check_shape",
     "format_predict_response",
     "metadata_json",
     "parse_predict_body",
@@ -29,17 +33,29 @@ __all__ = [
     "validate_feeds",
 ]
 
-# Canonical gRPC code name -> HTTP status, as TF Serving's HTTP front end maps them.
+# Canonical gRPC code name -> HTTP status, as TF Serving's HTTP front end maps them
+# (tensorflow_serving/model_servers/http_server.cc, ToHTTPStatusCode).
 HTTP_STATUS = {
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
     "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 400,
-    "OUT_OF_RANGE": 400,
+    "DEADLINE_EXCEEDED": 504,
     "NOT_FOUND": 404,
-    "RESOURCE_EXHAUSTED": 413,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
     "UNIMPLEMENTED": 501,
-    "UNAVAILABLE": 503,
     "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
 }
+
+# Deepest JSON nesting worth looking at: a signature input has at most this many dimensions.
+MAX_RANK = 32
 
 _DTYPE_NAMES = {
     np.dtype(np.float32): "DT_FLOAT",
@@ -80,19 +96,92 @@ def _shape_str(shape: tuple[int | None, ...]) -> str:
                            for i, d in enumerate(shape)) + "]"
 
 
-def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
+def check_shape(shape: tuple[int, ...] | list[int], spec: TensorSpec, where: str,
+                max_batch_size: int | None = None, max_bytes: int | None = None) -> None:
+    """Check a claimed shape against `spec` and the limits, before anything is allocated.
+
+    Args:
+        shape: the claimed shape (e.g. a TensorProto's dims, or the nesting of JSON lists).
+        spec: the expected input.
+        where: how to name the value in messages.
+        max_batch_size: largest accepted dimension 0 (None: no limit).
+        max_bytes: largest accepted size in bytes at `spec.dtype` (None: no limit).
+
+    Raises:
+        ServingError: wrong rank, a fixed dimension that differs, a dynamic non-batch dimension
+            below 1, a negative dimension, too large a batch, or too many bytes.
+
+    Example:
+
+    >>> spec = TensorSpec("x", np.dtype(np.float32), (None, 2))
+    >>> check_shape((3, 2), spec, "input 'x'", max_batch_size=8)
+    """
+    shape = [int(d) for d in shape]
+    if len(shape) != len(spec.shape):
+        raise ServingError(
+            f"{where}: expected a {len(spec.shape)}-D tensor of shape {_shape_str(spec.shape)}; "
+            f"received shape {shape}."
+        )
+    for axis, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
+        if got < 0 or (axis and want is None and got < 1):
+            raise ServingError(
+                f"{where}: dimension {axis} must be >= 1 (expected shape "
+                f"{_shape_str(spec.shape)}); received shape {shape}."
+            )
+        if want is not None and got != want:
+            raise ServingError(
+                f"{where}: dimension {axis} must be {want} (expected shape "
+                f"{_shape_str(spec.shape)}); received shape {shape}."
+            )
+    if max_batch_size is not None and shape and shape[0] > max_batch_size:
+        raise ServingError(
+            f"Batch size {shape[0]} exceeds this server's limit of {max_batch_size} examples "
+            "per request (--max-batch-size); split the request."
+        )
+    if max_bytes is not None:
+        size = spec.dtype.itemsize
+        for d in shape:  # Python ints: no overflow however large the claim
+            size *= d
+        if size > max_bytes:
+            raise ServingError(
+                f"{where}: shape {shape} of {_DTYPE_NAMES.get(spec.dtype, spec.dtype)} is "
+                f"{size} bytes, more than this server's limit of {max_bytes} bytes per tensor "
+                "(--max-body-bytes)."
+            )
+
+
+def _nested_shape(value: list, max_rank: int) -> list[int]:
+    """The shape nested lists claim, read along the first elements (no recursion, no copy)."""
+    shape: list[int] = []
+    while isinstance(value, list):
+        if len(shape) > max_rank:
+            break
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def to_array(value: Any, spec: TensorSpec, where: str, max_batch_size: int | None = None,
+             max_bytes: int | None = None) -> np.ndarray:
     """Convert a JSON value (nested lists) or array to an array checked against `spec`.
+
+    The shape the lists claim is checked (`check_shape`) before the array is built.
 
     Args:
         value: nested lists of numbers or a numpy array.
         spec: the expected input.
         where: how to name the value in messages (e.g. "input 'inputs'").
+        max_batch_size: largest accepted dimension 0 (None: no limit).
+        max_bytes: largest accepted size in bytes (None: no limit).
 
     Returns:
         The array, cast to `spec.dtype`.
 
     Raises:
-        ServingError: ragged lists, non-numeric values, bad rank or dimension, or NaN/inf.
+        ServingError: ragged lists, non-numeric values, bad rank or dimension, too large, or
+            NaN/inf.
 
     Example:
 
@@ -100,9 +189,20 @@ def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
     >>> to_array([[1, 2]], spec, "input 'x'").dtype
     dtype('float32')
     """
+    if isinstance(value, list):
+        claimed = _nested_shape(value, len(spec.shape))
+        if len(claimed) > len(spec.shape):
+            raise ServingError(
+                f"{where}: expected a {len(spec.shape)}-D tensor of shape "
+                f"{_shape_str(spec.shape)}; received lists nested more than "
+                f"{len(spec.shape)} deep."
+            )
+        check_shape(claimed, spec, where, max_batch_size, max_bytes)
+    elif isinstance(value, np.ndarray):
+        check_shape(value.shape, spec, where, max_batch_size, max_bytes)
     try:
         arr = np.asarray(value)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, RecursionError) as err:
         raise ServingError(
             f"{where}: values must form a rectangular array of numbers (all rows the same "
             f"length); {err}"
@@ -115,22 +215,7 @@ def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
             f"{where}: expected numbers of dtype {_DTYPE_NAMES.get(spec.dtype, spec.dtype)}; "
             f"received {kind}."
         )
-    if arr.ndim != len(spec.shape):
-        raise ServingError(
-            f"{where}: expected a {len(spec.shape)}-D tensor of shape {_shape_str(spec.shape)}; "
-            f"received shape {list(arr.shape)}."
-        )
-    for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
-        if axis and want is None and got < 1:
-            raise ServingError(
-                f"{where}: dimension {axis} must be >= 1 (expected shape "
-                f"{_shape_str(spec.shape)}); received shape {list(arr.shape)}."
-            )
-        if want is not None and got != want:
-            raise ServingError(
-                f"{where}: dimension {axis} must be {want} (expected shape "
-                f"{_shape_str(spec.shape)}); received shape {list(arr.shape)}."
-            )
+    check_shape(arr.shape, spec, where, max_batch_size, max_bytes)
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(spec.dtype, copy=False)
     if out.dtype.kind == "f" and out.size and not np.isfinite(out).all():
@@ -172,7 +257,7 @@ def resolve_signature(version: ModelVersion, signature_name: Any) -> SignatureIn
 
 
 def validate_feeds(sig: SignatureInfo, raw: dict[str, Any], max_batch_size: int,
-                   source: str) -> dict[str, np.ndarray]:
+                   source: str, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Check named input values against a signature and return the session feeds.
 
     Args:
@@ -180,6 +265,7 @@ def validate_feeds(sig: SignatureInfo, raw: dict[str, Any], max_batch_size: int,
         raw: input name -> JSON value or array.
         max_batch_size: largest accepted batch (dimension 0).
         source: `instances` or `inputs` (for messages).
+        max_bytes: largest accepted size of one input in bytes (None: no limit).
 
     Returns:
         Input name -> validated array.
@@ -195,7 +281,8 @@ def validate_feeds(sig: SignatureInfo, raw: dict[str, Any], max_batch_size: int,
             f"`{source}` must provide exactly the inputs {names} of signature '{sig.name}'; "
             f"unknown: {unknown}, missing: {missing}."
         )
-    feeds = {s.name: to_array(raw[s.name], s, f"input '{s.name}'") for s in sig.inputs}
+    feeds = {s.name: to_array(raw[s.name], s, f"input '{s.name}'", max_batch_size, max_bytes)
+             for s in sig.inputs}
     batches = {n: a.shape[0] for n, a in feeds.items() if a.ndim}
     if len(set(batches.values())) > 1:
         raise ServingError(f"All inputs must have the same batch size; received {batches}.")
@@ -210,7 +297,8 @@ def validate_feeds(sig: SignatureInfo, raw: dict[str, Any], max_batch_size: int,
     return feeds
 
 
-def parse_predict_body(body: Any, sig_lookup: Any, max_batch_size: int
+def parse_predict_body(body: Any, sig_lookup: Any, max_batch_size: int,
+                       max_bytes: int | None = None
                        ) -> tuple[SignatureInfo, dict[str, np.ndarray], bool]:
     """Parse a TF Serving REST predict body.
 
@@ -218,6 +306,7 @@ def parse_predict_body(body: Any, sig_lookup: Any, max_batch_size: int
         body: the decoded JSON.
         sig_lookup: callable `signature_name -> SignatureInfo` (raises `ServingError`).
         max_batch_size: largest accepted batch.
+        max_bytes: largest accepted size of one input in bytes (None: no limit).
 
     Returns:
         `(signature, feeds, columnar)`; `columnar` is True for the `inputs` format.
@@ -279,7 +368,7 @@ def parse_predict_body(body: Any, sig_lookup: Any, max_batch_size: int
                 f"Signature '{sig.name}' has {len(names)} inputs {names}; each entry of "
                 "`instances` must be an object naming them."
             )
-        return sig, validate_feeds(sig, raw, max_batch_size, "instances"), False
+        return sig, validate_feeds(sig, raw, max_batch_size, "instances", max_bytes), False
     cols = body["inputs"]
     if isinstance(cols, dict):
         raw = cols
@@ -290,7 +379,7 @@ def parse_predict_body(body: Any, sig_lookup: Any, max_batch_size: int
             f"Signature '{sig.name}' has {len(names)} inputs {names}; `inputs` must be an "
             "object naming them."
         )
-    return sig, validate_feeds(sig, raw, max_batch_size, "inputs"), True
+    return sig, validate_feeds(sig, raw, max_batch_size, "inputs", max_bytes), True
 
 
 def format_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:
@@ -378,11 +467,15 @@ def status_json(versions: list[int]) -> dict[str, Any]:
     }
 
 
+INT64_MAX = 2**63 - 1
+
+
 def parse_version(text: str | None) -> int | None:
-    """Parse the `/versions/V` URL part.
+    """Parse the `/versions/V` URL part (ASCII digits only, as TF Serving's `\\d+`).
 
     Raises:
-        ServingError: not a non-negative integer.
+        ServingError: INVALID_ARGUMENT (HTTP 400, as TF Serving answers a malformed path or a
+            version it cannot convert) if not ASCII digits or beyond int64.
 
     Example:
 
@@ -391,8 +484,12 @@ def parse_version(text: str | None) -> int | None:
     """
     if text is None:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ServingError(
-            f"Model version must be a non-negative integer; received version={text!r}."
+            f"Malformed request: model version must be a non-negative integer of ASCII digits; "
+            f"received version={text!r}."
         )
-    return int(text)
+    value = int(text)
+    if value > INT64_MAX:
+        raise ServingError(f"Failed to convert version: {text} is beyond int64.")
+    return value

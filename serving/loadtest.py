@@ -116,6 +116,7 @@ class _RawHttp:
         self.host, self.port, self.request, self.timeout = host, port, request, timeout
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_headers: dict[str, str] = {}
 
     async def post(self) -> tuple[int, bytes]:
         for attempt in range(2):
@@ -138,6 +139,7 @@ class _RawHttp:
         headers = {k.strip().lower(): v.strip() for k, _, v in
                    (line.partition(":") for line in lines[1:] if line)}
         body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        self.last_headers = headers
         if headers.get("connection", "").lower() == "close":
             await self.close()
         return status, body

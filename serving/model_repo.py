@@ -6,9 +6,15 @@ An export base (see `export/`) holds integer version folders, each with `model.o
 sessions, keeps the latest `num_versions` versions loaded (TF Serving's default version policy
 is the latest one), and `refresh()` (called by a poll thread in the server) picks up new and
 removed version folders without a restart. A new folder is loaded only once its `model.onnx`
-has the same size and modification time on two consecutive polls, so a folder that is still
-being copied is not loaded half-written; exporters that build the folder under a temporary
-non-integer name and rename it into place are picked up on the second poll.
+and `model_streaming.onnx` have the same size and modification time on two consecutive polls,
+so a folder that is still being copied is not loaded half-written; exporters that build the
+folder under a temporary non-integer name and rename it into place are picked up on the second
+poll.
+
+Version changes follow TF Serving's availability-preserving policy: a new version becomes
+available before an old one is retired, and when the newest folder is removed its session keeps
+answering until the next older one has loaded. A poll whose listing fails (folder moved away,
+out of file descriptors) or finds no version folder at all changes nothing.
 
 Only numpy and onnxruntime are used (no TensorFlow).
 """
@@ -19,6 +25,8 @@ import json
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from serving._ratelimit import RateLimitedLogger
 from serving.batching import Batcher
 
-__all__ = ["SIGNATURE_FILES", "ModelRepository", "ModelVersion", "SignatureInfo", "TensorSpec"]
+__all__ = ["SIGNATURE_FILES", "ListingError", "ModelRepository", "ModelVersion", "SignatureInfo",
+           "TensorSpec"]
 
 log = logging.getLogger("serving")
 
@@ -56,12 +66,13 @@ class TensorSpec:
 
 @dataclass
 class SignatureInfo:
-    """One onnxruntime session with its input and output specs."""
+    """One onnxruntime session with its input and output specs (and the version it belongs to)."""
 
     name: str
     session: Any
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    version: int | None = None
 
     def run(self, feeds: dict[str, np.ndarray],
             output_names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -97,12 +108,28 @@ def _spec_from_ort(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, np.dtype(dtype), shape)
 
 
+class ListingError(OSError):
+    """The export base could not be listed reliably (the poll must change nothing)."""
+
+
 def _file_signature(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of `path`, None if it does not exist.
+
+    Raises:
+        ListingError: any other error (EMFILE, EACCES, EIO, ...): the state is unknown.
+    """
     try:
         st = path.stat()
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as err:
+        raise ListingError(err.errno, f"Could not stat {path}: {err.strerror}") from err
     return (st.st_size, st.st_mtime_ns)
+
+
+def _folder_signature(path: Path) -> tuple:
+    """What the load state watches in a version folder: every signature file's (size, mtime)."""
+    return tuple(_file_signature(path / f) for f in SIGNATURE_FILES.values())
 
 
 class ModelRepository:
@@ -162,29 +189,51 @@ class ModelRepository:
         self.batcher = Batcher(batch_max_size, batch_timeout_s, inference_threads) if (
             batching) else None
         self._versions: dict[int, ModelVersion] = {}
-        self._pending: dict[int, tuple[int, int]] = {}
-        self._failed: dict[int, tuple[tuple[int, int] | None, str]] = {}
+        self._pending: dict[int, tuple] = {}
+        self._failed: dict[int, tuple[tuple, str]] = {}
         self._refresh_lock = threading.Lock()
+        self._warn = RateLimitedLogger(log, interval_s=30.0)
         self.name = name or self.base_path.resolve().name
+        # Called as on_event("load"|"unload", version, "ok"|"error") (metrics).
+        self.on_event: Callable[[str, int, str], None] | None = None
+        self._on_batch: Callable[[SignatureInfo, int, float], None] | None = None
 
     # -- discovery -------------------------------------------------------------------------
     def version_folders(self) -> dict[int, Path]:
-        """Integer-named subfolders of the base that contain `model.onnx`.
+        """Integer-named (ASCII digits) subfolders of the base that contain `model.onnx`.
 
         Returns:
             Version number -> folder.
+
+        Raises:
+            ListingError: the base could not be listed or a folder could not be examined
+                (missing base, EMFILE, EACCES, ...); the caller must not act on a partial view.
         """
         found: dict[int, Path] = {}
         try:
-            entries = list(os.scandir(self.base_path))
-        except OSError:
-            return found
+            with os.scandir(self.base_path) as it:
+                entries = list(it)
+        except OSError as err:
+            raise ListingError(err.errno, f"Could not list {self.base_path}: "
+                                          f"{err.strerror}") from err
         for entry in entries:
-            if not entry.is_dir() or not entry.name.isdigit():
+            name = entry.name
+            if not name.isdigit():
                 continue
-            path = Path(entry.path)
-            if (path / SIGNATURE_FILES[DEFAULT_SIGNATURE]).is_file():
-                found[int(entry.name)] = path
+            if not name.isascii():
+                self._warn.log(logging.WARNING, f"non-ascii:{name}",
+                               "Ignoring folder %r under %s: version folders must be named "
+                               "with ASCII digits 0-9.", name, self.base_path)
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError as err:
+                raise ListingError(err.errno, f"Could not examine {entry.path}: "
+                                              f"{err.strerror}") from err
+            if is_dir:
+                path = Path(entry.path)
+                if _file_signature(path / SIGNATURE_FILES[DEFAULT_SIGNATURE]) is not None:
+                    found[int(name)] = path
         return found
 
     def _make_session(self, path: Path) -> Any:
@@ -212,6 +261,7 @@ class ModelRepository:
                 session,
                 [_spec_from_ort(a) for a in session.get_inputs()],
                 [_spec_from_ort(a) for a in session.get_outputs()],
+                version,
             )
         metadata: dict[str, Any] = {}
         meta_file = path / "assets" / "metadata.json"
@@ -223,20 +273,44 @@ class ModelRepository:
         return ModelVersion(version, path, signatures, metadata)
 
     def refresh(self) -> list[int]:
-        """Load new version folders, unload removed or superseded ones.
+        """Load new version folders, retire removed or superseded ones (availability first).
+
+        The aspired versions are the newest `num_versions` folders. Each is loaded once its
+        files are stable; a loaded version that is no longer aspired is retired only when
+        enough aspired versions are loaded to take its place, so some version always answers.
+        A listing that fails or finds no version folder changes nothing.
 
         Returns:
             The loaded version numbers after the refresh, newest first.
         """
         with self._refresh_lock:
-            folders = self.version_folders()
-            wanted = sorted(folders, reverse=True)[: self.num_versions]
+            try:
+                folders = self.version_folders()
+            except ListingError as err:
+                self._warn.log(logging.WARNING, "listing",
+                               "Poll of %s failed (%s); keeping versions %s.", self.base_path,
+                               err.strerror or err, sorted(self._versions))
+                return sorted(self._versions, reverse=True)
+            if not folders:
+                if self._versions:
+                    self._warn.log(logging.WARNING, "empty",
+                                   "No version folder under %s; keeping versions %s.",
+                                   self.base_path, sorted(self._versions))
+                return sorted(self._versions, reverse=True)
+            self._warn.clear("listing")
+            self._warn.clear("empty")
+            aspired = sorted(folders, reverse=True)[: self.num_versions]
             current = dict(self._versions)
             changed = False
-            for v in wanted:
+            for v in aspired:
                 if v in current:
                     continue
-                sig = _file_signature(folders[v] / SIGNATURE_FILES[DEFAULT_SIGNATURE])
+                try:
+                    sig = _folder_signature(folders[v])
+                except ListingError as err:
+                    self._warn.log(logging.WARNING, "listing", "Poll of %s failed (%s).",
+                                   folders[v], err.strerror or err)
+                    continue
                 if self.wait_for_stable and self._pending.get(v) != sig:
                     self._pending[v] = sig
                     continue
@@ -247,23 +321,36 @@ class ModelRepository:
                 except Exception as err:  # an unloadable folder must not stop the server
                     self._failed[v] = (sig, str(err))
                     log.error("Could not load version %d from %s: %s", v, folders[v], err)
+                    self._event("load", v, "error")
                     continue
                 self._pending.pop(v, None)
                 self._failed.pop(v, None)
                 changed = True
                 log.info("Loaded version %d of model %s from %s", v, self.name, folders[v])
-            # The newest loaded versions whose folders still exist; an older version keeps
-            # being served until a newer one has been loaded.
-            present = sorted((v for v in current if v in folders), reverse=True)
-            keep = set(present[: self.num_versions])
-            for v in list(current):
-                if v not in keep:
-                    del current[v]
-                    changed = True
-                    log.info("Unloaded version %d of model %s", v, self.name)
+                self._event("load", v, "ok")
+            # Retire what is not aspired, keeping as many stand-ins as aspired versions are
+            # missing (not yet loaded or failed): still-present folders first, newest first.
+            missing = self.num_versions - sum(v in current for v in aspired)
+            others = sorted((v for v in current if v not in aspired),
+                            key=lambda v: (v in folders, v), reverse=True)
+            for v in others[max(missing, 0):]:
+                del current[v]
+                changed = True
+                log.info("Unloaded version %d of model %s", v, self.name)
+                self._event("unload", v, "ok")
+            for v in list(self._pending):
+                if v not in folders:
+                    del self._pending[v]
             if changed:
                 self._versions = current
             return sorted(self._versions, reverse=True)
+
+    def _event(self, kind: str, version: int, status: str) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, version, status)
+            except Exception:  # metrics must never break loading
+                log.debug("on_event hook failed", exc_info=True)
 
     # -- lookup ----------------------------------------------------------------------------
     def versions(self) -> dict[int, ModelVersion]:
@@ -293,7 +380,27 @@ class ModelRepository:
         """
         if self.batcher is not None:
             return self.batcher.submit(sig, feeds)
-        return self.executor.submit(sig.run, feeds)
+        return self.executor.submit(self._run_alone, sig, feeds)
+
+    def _run_alone(self, sig: SignatureInfo, feeds: dict[str, np.ndarray]
+                   ) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        out = sig.run(feeds)
+        if self.on_batch is not None:
+            self.on_batch(sig, next(iter(feeds.values())).shape[0] if feeds else 1,
+                          time.perf_counter() - start)
+        return out
+
+    @property
+    def on_batch(self) -> Callable[[SignatureInfo, int, float], None] | None:
+        """Called as `on_batch(sig, examples, seconds)` after each session run (metrics)."""
+        return self._on_batch
+
+    @on_batch.setter
+    def on_batch(self, hook: Callable[[SignatureInfo, int, float], None] | None) -> None:
+        self._on_batch = hook
+        if self.batcher is not None:
+            self.batcher.on_batch = hook
 
     def close(self) -> None:
         """Stop the inference threads."""

@@ -6,6 +6,8 @@ Usage:
         [--host 127.0.0.1] [--poll-seconds 1] [--num-versions 1] [--max-batch-size 256]
         [--max-body-bytes 8388608] [--intra-op-threads 1] [--inference-threads N]
         [--batching/--no-batching] [--batch-max-size 64] [--batch-timeout-micros 0]
+        [--decode-threads 2] [--max-inflight-bytes 4*MAX_BODY] [--max-connections 1024]
+        [--header-timeout-seconds 10] [--body-timeout-seconds 30] [--keep-alive-seconds 5]
 
 Serves `EXPORT_BASE/<version>/model.onnx` (signature `serving_default`) and
 `model_streaming.onnx` (`streaming_step`) of the newest version(s), polls the folder every
@@ -13,6 +15,9 @@ Serves `EXPORT_BASE/<version>/model.onnx` (signature `serving_default`) and
 on `--port` (FastAPI + uvicorn) and TF Serving's gRPC PredictionService/ModelService on
 `--grpc-port` (0 disables gRPC). Concurrent requests are merged into one onnxruntime run
 (`serving.batching`; `--no-batching` turns it off). Binds 127.0.0.1 unless told otherwise.
+Prometheus metrics are at `/monitoring/prometheus/metrics` on the REST port. Connections are
+capped (`--max-connections`, and under the file-descriptor limit) and slow or idle clients are
+closed (`--header-timeout-seconds`, `--body-timeout-seconds`, `--keep-alive-seconds`).
 TensorFlow is not imported (the gRPC protos are loaded without it, see `serving/_protos.py`).
 """
 
@@ -25,6 +30,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -63,6 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest merged batch when batching (default 64)")
     ap.add_argument("--batch-timeout-micros", type=int, default=0,
                     help="wait this long for a batch to fill (default 0: greedy, no wait)")
+    ap.add_argument("--decode-threads", type=int, default=2,
+                    help="threads decoding/validating REST bodies off the event loop (default 2)")
+    ap.add_argument("--max-inflight-bytes", type=int, default=None,
+                    help="most bytes of REST bodies read or decoded at once (default 4 x "
+                         "--max-body-bytes)")
+    ap.add_argument("--max-connections", type=int, default=1024,
+                    help="most open REST connections, kept below the descriptor limit "
+                         "(default 1024)")
+    ap.add_argument("--header-timeout-seconds", type=float, default=10.0,
+                    help="close a connection without a complete request head after this long "
+                         "(default 10)")
+    ap.add_argument("--body-timeout-seconds", type=float, default=30.0,
+                    help="408 for a body not received within this long (default 30)")
+    ap.add_argument("--keep-alive-seconds", type=float, default=5.0,
+                    help="close idle keep-alive connections after this long (default 5)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return ap
 
@@ -73,8 +94,20 @@ def _check_args(args: argparse.Namespace) -> None:
         if not 0 <= value <= 65535:
             raise SystemExit(f"Argument `--{flag.replace('_', '-')}` must be in [0, 65535]; "
                              f"received {value}.")
-    if args.poll_seconds <= 0:
-        raise SystemExit(f"Argument `--poll-seconds` must be > 0; received {args.poll_seconds}.")
+    for flag in ("poll_seconds", "header_timeout_seconds", "body_timeout_seconds",
+                 "keep_alive_seconds"):
+        value = getattr(args, flag)
+        if not value > 0:
+            raise SystemExit(f"Argument `--{flag.replace('_', '-')}` must be > 0; received "
+                             f"{value}.")
+    for flag in ("decode_threads", "max_connections", "max_body_bytes", "max_batch_size"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise SystemExit(f"Argument `--{flag.replace('_', '-')}` must be >= 1; received "
+                             f"{value}.")
+    if args.max_inflight_bytes is not None and args.max_inflight_bytes < args.max_body_bytes:
+        raise SystemExit(f"Argument `--max-inflight-bytes` must be >= --max-body-bytes "
+                         f"({args.max_body_bytes}); received {args.max_inflight_bytes}.")
     if not args.export_base.is_dir():
         raise SystemExit(f"Argument `export_base` must be an existing folder; received "
                          f"{str(args.export_base)!r}.")
@@ -88,6 +121,8 @@ def serve(args: argparse.Namespace) -> None:
     """
     import uvicorn
 
+    from serving.http_limits import fd_connection_cap, guarded_h11_protocol
+    from serving.metrics import ServerMetrics
     from serving.model_repo import ModelRepository
     from serving.rest_api import create_app
 
@@ -99,6 +134,12 @@ def serve(args: argparse.Namespace) -> None:
             batch_timeout_s=args.batch_timeout_micros / 1e6)
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()  # no `_created` series next to every counter (as TF Serving)
+    metrics = ServerMetrics(repo.name)
+    repo.on_event = metrics.version_event
+    repo.on_batch = lambda sig, size, seconds: metrics.batch(sig.name, size, seconds)
     repo.refresh()
     repo.wait_for_stable = True  # versions present at start-up load at once
     if not repo.versions():
@@ -113,11 +154,14 @@ def serve(args: argparse.Namespace) -> None:
     stop = threading.Event()
 
     def poll() -> None:
+        last_error = float("-inf")
         while not stop.wait(args.poll_seconds):
             try:
                 repo.refresh()
-            except Exception:  # keep polling whatever happens
-                log.exception("Refresh of %s failed", args.export_base)
+            except Exception:  # keep polling whatever happens (logged at most every 30 s)
+                if time.monotonic() - last_error > 30:
+                    log.exception("Refresh of %s failed", args.export_base)
+                    last_error = time.monotonic()
 
     grpc_server = None
     if args.grpc_port:
@@ -125,11 +169,17 @@ def serve(args: argparse.Namespace) -> None:
 
         grpc_server = start_grpc_server(repo, args.host, args.grpc_port,
                                         max_batch_size=args.max_batch_size,
-                                        max_message_bytes=args.max_body_bytes)
+                                        max_message_bytes=args.max_body_bytes, metrics=metrics)
         log.info("gRPC PredictionService on %s:%d", args.host, grpc_server.bound_port)
 
     app = create_app(repo, max_body_bytes=args.max_body_bytes,
-                     max_batch_size=args.max_batch_size)
+                     max_batch_size=args.max_batch_size, metrics=metrics,
+                     decode_threads=args.decode_threads,
+                     max_inflight_bytes=args.max_inflight_bytes,
+                     body_timeout_s=args.body_timeout_seconds)
+    max_connections = fd_connection_cap(args.max_connections)
+    if max_connections < args.max_connections:
+        log.info("REST connections capped at %d (file-descriptor limit).", max_connections)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: object) -> AsyncIterator[None]:
@@ -139,8 +189,12 @@ def serve(args: argparse.Namespace) -> None:
         stop.set()
 
     app.router.lifespan_context = lifespan
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                            access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False,
+        lifespan="on", timeout_graceful_shutdown=5,
+        http=guarded_h11_protocol(max_connections, args.header_timeout_seconds),
+        timeout_keep_alive=args.keep_alive_seconds, limit_concurrency=max_connections + 1,
+        h11_max_incomplete_event_size=16 * 1024, backlog=256, log_config=None)
     log.info("REST API on http://%s:%d/v1/models/%s", args.host, args.port, repo.name)
     try:
         asyncio.run(uvicorn.Server(config).serve())
@@ -148,6 +202,7 @@ def serve(args: argparse.Namespace) -> None:
         stop.set()
         if grpc_server is not None:
             grpc_server.stop(grace=1).wait(2)
+        app.state.decode_pool.shutdown(wait=False, cancel_futures=True)
         repo.close()
 
 
@@ -167,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from serving.http_limits import RateLimitFilter
+
+    for handler in logging.getLogger().handlers:  # no floods of a repeated error
+        handler.addFilter(RateLimitFilter(10.0))
     _check_args(args)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     serve(args)

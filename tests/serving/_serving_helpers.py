@@ -61,12 +61,23 @@ def copy_export(info: ExportInfo, dest: Path) -> Path:
 
 @contextlib.contextmanager
 def run_server(base: Path, name: str, log: Path, *extra: str,
-               timeout: float = 90.0) -> Iterator[Server]:
+               timeout: float = 90.0, nofile: int | None = None) -> Iterator[Server]:
+    """Start `python -m serving.onnx_server` on free loopback ports and wait for /healthz.
+
+    `nofile` sets the server's RLIMIT_NOFILE (soft and hard) to test descriptor exhaustion.
+    """
     port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "serving.onnx_server", str(base), "--port", str(port),
            "--grpc-port", str(grpc_port), *extra]
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=limit if nofile else None)
     server = Server(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", base, name, proc, log)
     try:
         deadline = time.monotonic() + timeout
@@ -87,5 +98,21 @@ def run_server(base: Path, name: str, log: Path, *extra: str,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size (`VmRSS`) or its peak so far (`VmHWM`) of a process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `cond()` every 0.1 s until true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
+        time.sleep(0.1)
 
 

@@ -149,7 +149,7 @@ def _bad_requests(server: Server, info: ExportInfo) -> list[tuple[str, dict, int
          "3-D tensor"),
         ("wrong_features", {"url": url, "json": {"instances": np.zeros((1, 20, 3)).tolist()}},
          400, "dimension 2 must be 1"),
-        ("ragged", {"url": url, "json": {"instances": [[[1.0], [2.0]], [[1.0]]]}}, 400,
+        ("ragged", {"url": url, "json": {"instances": [[[1.0]] * T, [[1.0]] * (T - 1)]}}, 400,
          "rectangular"),
         ("strings", {"url": url, "json": {"instances": [[["a"]] * 20]}}, 400, "strings"),
         ("booleans", {"url": url, "json": {"instances": [[[True]] * 20]}}, 400, "booleans"),
@@ -173,17 +173,31 @@ def _bad_requests(server: Server, info: ExportInfo) -> list[tuple[str, dict, int
          "same batch size"),
         ("batch_too_large", {"url": url, "json": {"instances": np.zeros((65, T, F)).tolist()}},
          400, "exceeds this server's limit of 64"),
-        ("body_too_large", {"url": url, "content": b" " * BIG}, 413, "--max-body-bytes"),
+        # RESOURCE_EXHAUSTED is 429 in TF Serving's HTTP mapping.
+        ("body_too_large", {"url": url, "content": b" " * BIG}, 429, "--max-body-bytes"),
         ("body_too_large_chunked", {"url": url, "content": (b" " * 100_000 for _ in range(21))},
-         413, "--max-body-bytes"),
+         429, "--max-body-bytes"),
         ("unknown_model", {"url": f"{server.url}/v1/models/other:predict",
                            "json": {"instances": x.tolist()}}, 404, "Servable not found"),
         ("unknown_version", {"url": _predict_url(server, 7), "json": {"instances": x.tolist()}},
          404, "version 7"),
         ("bad_version", {"url": f"{server.url}/v1/models/{server.name}/versions/x:predict",
                          "json": {"instances": x.tolist()}}, 400, "non-negative integer"),
+        # TF Serving: an unknown label is INVALID_ARGUMENT (400), so is a malformed version.
         ("label", {"url": f"{server.url}/v1/models/{server.name}/labels/stable:predict",
-                   "json": {"instances": x.tolist()}}, 404, "label"),
+                   "json": {"instances": x.tolist()}}, 400, "Unrecognized servable version label"),
+        ("non_ascii_version", {"url": f"{server.url}/v1/models/{server.name}/versions/%C2%B2"
+                                      ":predict", "json": {"instances": x.tolist()}}, 400,
+         "ASCII digits"),
+        ("huge_version", {"url": f"{server.url}/v1/models/{server.name}/versions/"
+                                 f"{2**64}:predict", "json": {"instances": x.tolist()}}, 400,
+         "Failed to convert version"),
+        ("deep_nesting", {"url": url, "content": b'{"instances": ' + b"[" * 5000 + b"]" * 5000
+                          + b"}"}, 400, None),
+        ("deep_nesting_parser", {"url": url, "content": b'{"instances": ' + b"[" * 100_000
+                                 + b"]" * 100_000 + b"}"}, 400, "Malformed JSON"),
+        ("claimed_huge_rows", {"url": url, "json": {"instances": [[[1.0]] * 5000]}}, 400,
+         "dimension 1 must be 20"),
         ("classify", {"url": f"{server.url}/v1/models/{server.name}:classify",
                       "json": {"examples": []}}, 501, ":predict"),
     ]
@@ -194,7 +208,8 @@ BAD_IDS = [
     "wrong_rank", "wrong_features", "ragged", "strings", "booleans", "nulls", "nan", "infinity",
     "overflow_float32", "unknown_input_name", "unknown_signature", "streaming_missing_state",
     "streaming_batch_mismatch", "batch_too_large", "body_too_large", "body_too_large_chunked",
-    "unknown_model", "unknown_version", "bad_version", "label", "classify",
+    "unknown_model", "unknown_version", "bad_version", "label", "classify", "non_ascii_version",
+    "huge_version", "deep_nesting", "deep_nesting_parser", "claimed_huge_rows",
 ]
 
 
