@@ -2,8 +2,11 @@
 [--version N] [--formats savedmodel,onnx] [--onnx-time-steps auto|dynamic|fixed|hybrid]
 [--savedmodel-time-steps auto|dynamic|fixed|hybrid] [--savedmodel-jit]`.
 
-Prints the version folder on stdout and exits 0; on any error prints `error: ...` on stderr
-and exits 1 (2 for bad command-line usage), leaving nothing behind.
+Prints the version folder on stdout and exits 0. A bad command line -- an unknown flag, a bad
+value, a model path that does not exist, an `--out` that is a file or not writable -- is found
+before TensorFlow is imported and exits 2 with one line, `error: ...`, on stderr. An export
+that fails later (a model that cannot be loaded, converted or verified) exits 1, also with one
+line. Nothing is left behind either way.
 """
 
 from __future__ import annotations
@@ -17,7 +20,30 @@ from pathlib import Path
 from export.errors import ExportError
 from export.options import TIME_STEPS_CHOICES, check_version, parse_formats
 
-__all__ = ["main", "make_parser"]
+__all__ = ["EXIT_EXPORT_FAILED", "EXIT_USAGE", "main", "make_parser"]
+
+EXIT_USAGE = 2
+EXIT_EXPORT_FAILED = 1
+
+
+def _check_out(out: str) -> None:
+    """`--out` must be a folder, or a path whose nearest existing parent is a writable folder."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ExportError(f"argument --out must be a folder; received --out {out!r}, a file.")
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ExportError(
+            f"argument --out must be a folder path; received --out {out!r}, whose parent "
+            f"{str(existing)!r} is a file."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExportError(
+            f"argument --out must be a folder this user can write into; received --out {out!r} "
+            f"({str(existing)!r} is not writable)."
+        )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -74,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         version = None if args.version is None else check_version(args.version)
         if not Path(args.model).exists():
             raise ExportError(f"Model path {args.model!r} does not exist.")
+        _check_out(args.out)
     except (ExportError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     from export.api import export_model
@@ -93,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             savedmodel_jit_compile=args.savedmodel_jit,
         )
     except (ExportError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_EXPORT_FAILED
     print(path)
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

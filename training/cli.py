@@ -4,6 +4,10 @@
 the bad value and what was expected, and exit with status 2 like any argparse error), and
 `identity` gives the part of the configuration that determines the results, hashed into the
 default output folder name.
+
+Nothing here imports TensorFlow at module level: `--help` and every argument error except an
+unknown model name are answered without it. Model names are checked last, through
+`training.models` (which imports Keras), after `training.startup.import_tensorflow_quietly`.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from training.models import model_names
-
 __all__ = [
+    "EXECUTION_KEYS",
     "PRECISIONS",
+    "OneLineErrorParser",
     "build_parser",
+    "check_model_names",
     "config_hash",
     "hparams",
     "identity",
+    "identity_differences",
     "parse_args",
     "resolve_precision",
 ]
@@ -31,6 +37,24 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SCHEMES = ("euler_maruyama", "tamed", "research")
 LEARNABLE_DT = ("default", "none", "scalar", "per_unit")
 COMPARE_MODELS = ("nrnn", "lipschitz")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line (no usage block), still exit status 2.
+
+    Example:
+
+    >>> p = OneLineErrorParser(prog="x")
+    >>> _ = p.add_argument("--n", type=int)
+    >>> try:
+    ...     p.parse_args(["--n", "a"])
+    ... except SystemExit as e:
+    ...     print(e.code)
+    2
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser(
@@ -56,13 +80,18 @@ def build_parser(
     4
     """
     d = defaults
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog=prog,
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("models")
-    g.add_argument("--model", default="nrnn", help=f"model to train: one of {model_names()}")
+    g.add_argument(
+        "--model",
+        default="nrnn",
+        help="model to train: nrnn, lipschitz, antisymmetric, cornn, exprnn, their noisy_* "
+        "variants, ... (an unknown name lists every registered one)",
+    )
     g.add_argument(
         "--models",
         default=None,
@@ -183,15 +212,21 @@ def _fail(parser: argparse.ArgumentParser, flag: str, value: Any, expected: str)
 
 
 def parse_args(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    *,
+    check_models: bool = True,
 ) -> argparse.Namespace:
     """Parse and validate; fill `models` (list) and `lr_decay_epoch` (1-based int).
 
-    Invalid values exit with status 2 and a message naming the flag and the value.
+    Invalid values exit with status 2 and a message naming the flag and the value. Everything
+    but the model names is checked without TensorFlow.
 
     Args:
         parser: from `build_parser`.
         argv: arguments (default `sys.argv[1:]`).
+        check_models: check the model names too (`check_model_names`, which imports
+            TensorFlow); pass False to do it later, after other cheap checks.
 
     Returns:
         The namespace.
@@ -214,10 +249,6 @@ def parse_args(
             _fail(parser, "--models", args.models, "a comma-separated list of model names")
     else:
         models = [args.model]
-    for m in models:
-        if m not in model_names():
-            flag = "--models" if len(models) > 1 else "--model"
-            _fail(parser, flag, m, f"one of {model_names()}")
     if len(set(models)) != len(models):
         _fail(parser, "--models", ",".join(models), "a list without repeated names")
     args.models = models
@@ -272,7 +303,31 @@ def parse_args(
         value = getattr(args, f"limit_{split}")
         if value is not None:
             positive_int(f"--limit-{split}", value)
+    if args.overwrite and args.shard is not None:
+        parser.error("use either --overwrite or --shard, not both (replace the run folder first)")
+    if check_models:
+        check_model_names(parser, args.models)
     return args
+
+
+def check_model_names(parser: argparse.ArgumentParser, models: Sequence[str]) -> None:
+    """Exit with status 2 unless every name in `models` is registered in `training.models`.
+
+    Imports TensorFlow (quietly) the first time: call it after every cheaper check.
+
+    Args:
+        parser: from `build_parser` (for the error exit).
+        models: model names.
+    """
+    from training.startup import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from training.models import model_names
+
+    for m in models:
+        if m not in model_names():
+            flag = "--models" if len(models) > 1 else "--model"
+            _fail(parser, flag, m, f"one of {model_names()}")
 
 
 def resolve_precision(precision: str) -> str:
@@ -317,9 +372,13 @@ def hparams(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def identity(args: argparse.Namespace, precision: str) -> dict[str, Any]:
-    """Everything that determines the results (not the seeds count, paths, jit or verbosity).
+    """Everything that determines the mathematics of a run.
 
-    Two commands with the same identity may share a run folder (the second resumes the first).
+    Not the number of seeds (a run can be extended with more), nor how it is executed: paths,
+    `--jit`, `--layer` (`SDERNN` and `keras.layers.RNN` run the same cell update; they draw the
+    noise in another order, which changes a seed's result but not what is computed), `--shard`,
+    verbosity. Two commands with the same identity share a run folder: the second resumes or
+    extends the first.
     """
     return {
         "models": list(args.models),
@@ -333,7 +392,6 @@ def identity(args: argparse.Namespace, precision: str) -> dict[str, Any]:
             "optimizer": "adam",
         },
         "precision": precision,
-        "layer": args.layer,
         "perturbation_seed": args.perturbation_seed,
         "limits": {
             "train": args.limit_train,
@@ -341,6 +399,54 @@ def identity(args: argparse.Namespace, precision: str) -> dict[str, Any]:
             "test": args.limit_test,
         },
     }
+
+
+# Keys that identities of older run folders held although they do not change the mathematics.
+EXECUTION_KEYS = ("layer",)
+
+
+def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The dotted keys in which two identities differ, as `"key: old -> new"` lines.
+
+    Keys in `EXECUTION_KEYS` are ignored at the top level.
+
+    Args:
+        old: the identity recorded in a run folder.
+        new: the identity of the current command.
+
+    Returns:
+        Sorted differences; empty if the two describe the same mathematics.
+
+    Example:
+
+    >>> identity_differences({"training": {"epochs": 300}, "layer": "rnn"},
+    ...                      {"training": {"epochs": 5}})
+    ['training.epochs: 300 -> 5']
+    """
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, dict):
+            return {prefix: tree}
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            if not prefix and key in EXECUTION_KEYS:
+                continue
+            out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+
+    a, b = flat(old), flat(new)
+    missing = object()
+    return [
+        f"{key}: {_show(a.get(key, missing))} -> {_show(b.get(key, missing))}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key, missing) != b.get(key, missing)
+    ]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (str, int, float, bool, list, dict, type(None))):
+        return json.dumps(value)
+    return "(absent)"
 
 
 def config_hash(ident: dict[str, Any], length: int = 8) -> str:

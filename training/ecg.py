@@ -23,8 +23,19 @@ Run folder (`--out`, default `runs/ecg/<models>-<hash of the configuration>`):
     [<model>/]seed-<k>/  model.keras, history.csv, checkpoint.npz, tensorboard/, eval.json
 
 Killing a run and repeating the same command resumes it (per-epoch atomic checkpoints; finished
-seeds are neither retrained nor re-evaluated). A finished run folder is never overwritten:
-the command refuses unless `--overwrite` is given or another `--out` chosen.
+seeds are neither retrained nor re-evaluated; stale temporary files of the killed process are
+removed). A command of the same configuration (`training.cli.identity`: everything but the
+number of seeds and execution settings such as `--jit` and `--layer`) extends a finished run:
+`--seeds 5` after a one-seed run trains seeds 1-4 only and rewrites the report over all five;
+repeating a finished command changes nothing. Another configuration is refused, naming the
+differing keys. `--overwrite` replaces a run folder (and only a run folder holding nothing but
+what the runner writes) once the new run is finished (`training.run_folder`); a folder that is
+not a run folder is never written into or deleted.
+
+Errors of the operator (a bad flag, `--out` a file or not writable, `--data-dir` missing, a
+corrupt data file) are one line on stderr and exit status 2; an interruption exits with 3.
+TensorFlow is imported after the arguments are parsed, without its start-up banners
+(`training.startup`).
 """
 
 from __future__ import annotations
@@ -39,7 +50,6 @@ import io
 import json
 import platform
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -139,42 +149,27 @@ def _without_shard(argv: list[str]) -> list[str]:
     return out
 
 
-def _check_out_dir(out: Path, ident: dict[str, Any], overwrite: bool) -> str | None:
-    """None if the run may proceed in `out`; else the refusal message."""
-    config_path = out / "config.json"
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-        return None
-    if not out.exists():
-        return None
-    if (out / _STATUS_FILE).exists():
-        return (
-            f"Run folder {out} holds a finished run (results.json exists); refusing to "
-            "overwrite it. Pass --overwrite to start afresh, or choose another --out."
-        )
-    if config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if previous.get("identity") != ident:
-            return (
-                f"Run folder {out} holds an unfinished run with a different configuration "
-                f"(config hash {previous.get('config_hash')}); refusing to mix them. Pass "
-                "--overwrite to start afresh, or choose another --out."
-            )
-    elif any(out.iterdir()):
-        return (
-            f"Run folder {out} exists, is not empty and is not a run folder; refusing to "
-            "write into it. Choose another --out (or --overwrite to delete it)."
-        )
-    return None
+def _finished_seeds(out: Path, models: list[str], seeds: range) -> bool:
+    return all(
+        (_model_dir(out, models, m) / f"seed-{k}" / "eval.json").is_file()
+        for m in models
+        for k in seeds
+    )
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Run the experiment described by validated `args`; return the exit status."""
+    """Run the experiment described by validated `args`; return the exit status.
+
+    Raises:
+        training.run_folder.RunFolderError: `--out` cannot be used (see `plan_run`).
+        training.data.DataIntegrityError: a data file is missing or corrupt.
+        training.data.DataUnavailableError: no copy of the data could be found.
+    """
     import keras
     import numpy as np
 
-    from atomic_io import atomic_write_bytes, atomic_write_text
-    from training import cli, reporting, robustness
+    from atomic_io import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
+    from training import cli, reporting, robustness, run_folder
     from training.data import load_ecg5000, make_dataset
     from training.models import MODELS, build_model, resolve_cell_class
     from training.perturbations import ECG_ROBUSTNESS_GRID
@@ -184,10 +179,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     ident = cli.identity(args, precision)
     chash = cli.config_hash(ident)
     out = Path(args.out) if args.out else Path("runs") / "ecg" / f"{'+'.join(args.models)}-{chash}"
-    refusal = _check_out_dir(out, ident, args.overwrite)
-    if refusal:
-        _message(refusal)
-        return EXIT_REFUSED
+    plan = run_folder.plan_run(
+        out, ident, task="ecg5000", overwrite=args.overwrite, prog="python -m training.ecg"
+    )
     for name in args.models:  # fail early, before any training, on a missing baseline cell
         resolve_cell_class(name)
     keras.mixed_precision.set_global_policy(precision)
@@ -199,15 +193,59 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     grid = dict(ECG_ROBUSTNESS_GRID)
     command = "python -m training.ecg " + shlex.join(_without_shard(list(argv)))
 
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    if not config_path.exists():
+    n_seeds = args.seeds
+    if plan.mode == "resume":
+        previous = plan.config
+        recorded = (previous.get("data") or {}).get("sha256")
+        if recorded is not None and recorded != data.sha256:
+            raise run_folder.RunFolderError(
+                f"--out {str(out)!r} holds a run trained on other data (sha256 {recorded}; "
+                f"the data found now has {data.sha256}); refusing to mix them. Choose another "
+                "--out."
+            )
+        reported = list(previous.get("seeds", []))
+        finished = (out / _STATUS_FILE).is_file()
+        if finished and n_seeds < len(reported):
+            _message(
+                f"Run folder {out} holds {len(reported)} finished seeds; keeping all of them "
+                f"(--seeds {n_seeds} does not shrink a run)."
+            )
+            n_seeds = len(reported)
+        if (
+            finished
+            and reported == list(range(n_seeds))
+            and _finished_seeds(out, args.models, range(n_seeds))
+        ):
+            _message(
+                f"Run folder {out} already holds this finished run ({n_seeds} seed(s)); "
+                "nothing to do. Pass a larger --seeds to extend it."
+            )
+            print(f"Run folder: {out}")
+            return 0
+
+    # Where this call writes: the run folder itself, or (--overwrite of an existing run) a
+    # staging folder swapped in at the end, so the old run survives any failure before that.
+    work = out
+    if plan.mode == "replace":
+        work = run_folder.prepare_staging(out, ident, task="ecg5000")
+    run_folder.check_writable(work)
+    removed = remove_stale_temp_files(work, min_age_seconds=600.0 if args.shard else 0.0)
+    if removed:
+        _message(f"Removed {len(removed)} stale temporary file(s) of an interrupted run in {work}")
+    config_path = work / "config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+        if config.get("seeds") != list(range(n_seeds)):
+            config["seeds"] = list(range(n_seeds))
+            atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+    else:
         config = {
             "task": "ecg5000",
+            "tool": "python -m training.ecg",
             "command": command.strip(),
             "config_hash": chash,
             "identity": ident,
-            "seeds": list(range(args.seeds)),
+            "seeds": list(range(n_seeds)),
             "jit_compile": args.jit,
             "precision_requested": args.precision,
             "models": {
@@ -249,7 +287,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     def _train_and_evaluate(name: str, seed: int) -> dict[str, Any]:
         """Train (or resume) one (model, seed) and evaluate it; reuse a finished one."""
-        sdir = _model_dir(out, args.models, name) / f"seed-{seed}"
+        sdir = _model_dir(work, args.models, name) / f"seed-{seed}"
         eval_path = sdir / "eval.json"
         if eval_path.exists():
             _message(f"[{name} seed {seed}] finished earlier; reusing {eval_path}")
@@ -283,6 +321,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "median_seconds_per_epoch": float(np.median(epoch_seconds)),
             "train_seconds_last_call": round(seed_run.train_seconds, 2),
             "eval_seconds": round(time.perf_counter() - t_eval, 2),
+            "layer": args.layer,
+            "jit_compile": args.jit,
         }
         atomic_write_text(eval_path, json.dumps(record, indent=2) + "\n")
         keras.backend.clear_session()
@@ -294,7 +334,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         return record
 
-    pairs = [(name, seed) for name in args.models for seed in range(args.seeds)]
+    pairs = [(name, seed) for name in args.models for seed in range(n_seeds)]
     if args.shard is not None:
         index, count = args.shard
         mine = {p for i, p in enumerate(pairs) if i % count == index}
@@ -304,7 +344,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         missing = [
             f"{n} seed {s}"
             for n, s in pairs
-            if not (_model_dir(out, args.models, n) / f"seed-{s}" / "eval.json").exists()
+            if not (_model_dir(work, args.models, n) / f"seed-{s}" / "eval.json").exists()
         ]
         if missing:
             _message(
@@ -314,10 +354,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             return 0
 
     for name in args.models:
-        mdir = _model_dir(out, args.models, name)
+        mdir = _model_dir(work, args.models, name)
         per_seed: dict[str, Any] = {}
         summaries: dict[str, Any] = {}
-        for seed in range(args.seeds):
+        for seed in range(n_seeds):
             sdir = mdir / f"seed-{seed}"
             record = _train_and_evaluate(name, seed)
             per_seed[str(seed)] = record["accuracy"]
@@ -367,23 +407,24 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(history_rows)
-        atomic_write_text(out / "history.csv", buf.getvalue())
+        atomic_write_text(work / "history.csv", buf.getvalue())
     notes = [
         f"data: ECG5000 from {data.source} ({len(x_train)} train / {len(x_val)} validation / "
         f"{len(x_test)} test), sha256 verified",
         f"epochs {args.epochs}, lr {args.lr} x{args.lr_decay_factor} from epoch "
         f"{args.lr_decay_epoch}, batch {args.batch_size}, precision {precision}, "
-        f"layer {args.layer}, jit_compile {args.jit}",
+        f"layer {args.layer}, jit_compile {args.jit} (this call; each seed's eval.json "
+        "records its own)",
         f"median seconds per epoch: {results['median_seconds_per_epoch']:.3f}"
         if seconds
         else "median seconds per epoch: n/a",
         "best epoch chosen on validation accuracy; evaluated in inference mode (no noise)",
     ]
     reporting.plot_robustness(
-        out / "robustness.png", labels, grid, title="ECG5000 robustness (test accuracy)"
+        work / "robustness.png", labels, grid, title="ECG5000 robustness (test accuracy)"
     )
     reporting.write_results_md(
-        out / "results.md",
+        work / "results.md",
         labels,
         grid,
         title="ECG5000: robustness to input perturbations",
@@ -392,14 +433,35 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         paper=reporting.PAPER_ECG_TABLE3,
     )
     # results.json last: its presence marks the run folder as finished.
-    reporting.write_results_json(out / _STATUS_FILE, results)
+    reporting.write_results_json(work / _STATUS_FILE, results)
+    if work != out:
+        run_folder.swap_in(work, out)
+        _message(f"Replaced the previous run in {out} (--overwrite).")
     print(reporting.markdown_table(labels, {k: grid[k] for k in grid}, None))
     print(f"Run folder: {out}")
     return 0
 
 
+def _precheck(args: argparse.Namespace) -> None:
+    """Checks of paths that need no TensorFlow (raise `RunFolderError` / `DataIntegrityError`)."""
+    from training.data import DataIntegrityError
+    from training.data.ecg5000 import FILES
+    from training.run_folder import check_out_path
+
+    if args.out is not None:
+        check_out_path(args.out)
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise DataIntegrityError(
+            f"argument --data-dir must be an existing folder holding {' and '.join(FILES)}; "
+            f"received --data-dir {args.data_dir!r}, which is not a folder"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m training.ecg`; returns the exit status.
+
+    Arguments are parsed and paths checked before TensorFlow is imported; operator errors
+    print one line (`error: ...`) and return 2, an interruption returns 3.
 
     Example:
 
@@ -407,22 +469,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     2
     """
     from training import cli
-    from training.models import UnknownModelError
-    from training.runner import SimulatedInterruptionError
+    from training.data import DataIntegrityError, DataUnavailableError
+    from training.run_folder import RunFolderError
+    from training.startup import import_tensorflow_quietly
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_ecg_parser()
     try:
-        args = cli.parse_args(parser, argv)
+        args = cli.parse_args(parser, argv, check_models=False)
+        _precheck(args)
+        import_tensorflow_quietly()
+        cli.check_model_names(parser, args.models)
     except SystemExit as e:
         return int(e.code or 0)
+    except (RunFolderError, DataIntegrityError) as e:
+        _message(f"error: {_one_line(e)}")
+        return EXIT_REFUSED
+
     import keras
+
+    from training.models import UnknownModelError
+    from training.runner import SimulatedInterruptionError
 
     previous_policy = keras.mixed_precision.global_policy().name
     try:
         return run(args, argv)
-    except UnknownModelError as e:
-        _message(f"error: {e}")
+    except (UnknownModelError, RunFolderError, DataIntegrityError, DataUnavailableError) as e:
+        _message(f"error: {_one_line(e)}")
+        return EXIT_REFUSED
+    except OSError as e:  # e.g. the disk filled up or a folder became read-only mid-run
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _message(f"error: {e.strerror or e}{where}; the run folder keeps its last checkpoint.")
         return EXIT_REFUSED
     except (KeyboardInterrupt, SimulatedInterruptionError) as e:
         _message(
@@ -432,6 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +44,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from atomic_io import atomic_write_bytes, atomic_write_text
+from atomic_io import atomic_write_bytes, atomic_write_text, new_temp_file
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -201,9 +200,7 @@ def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> Path:
         The destination as a `Path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.keras", dir=path.parent)
-    os.close(fd)
+    tmp = new_temp_file(path, suffix=".keras")  # keras checks the extension; umask-respecting
     try:
         model.save(tmp)
         os.replace(tmp, path)

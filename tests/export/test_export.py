@@ -354,16 +354,25 @@ def test_cli_on_run_folder_trained_in_mixed_bfloat16(tmp_path):
 def test_cli_errors(tmp_path):
     """Bad arguments are reported before TensorFlow is even imported (fast)."""
     proc = _run_cli(tmp_path / "missing.keras", "--out", tmp_path / "out")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "missing.keras" in proc.stderr and "does not exist" in proc.stderr
     proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--formats", "savedmodel,tflite")
-    assert proc.returncode == 1 and "tflite" in proc.stderr
+    assert proc.returncode == 2 and "tflite" in proc.stderr
     proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--version", "0")
-    assert proc.returncode == 1 and "version" in proc.stderr
+    assert proc.returncode == 2 and "version" in proc.stderr
     proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--onnx-time-steps", "unrolled")
     assert proc.returncode == 2 and "--onnx-time-steps" in proc.stderr
+    # An --out that is a file (or below one): refused at once, one line, the file untouched.
+    (tmp_path / "m.keras").write_bytes(b"not read")
+    (tmp_path / "taken").write_text("mine")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        proc = _run_cli(tmp_path / "m.keras", "--out", out, timeout=60)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.count("\n") == 1 and "--out" in proc.stderr and "file" in proc.stderr
+    assert (tmp_path / "taken").read_text() == "mine"
     proc = _run_cli(tmp_path, "--out", tmp_path / "out")  # a folder without model.keras
     assert proc.returncode == 1 and "model.keras" in proc.stderr
+    assert proc.stderr.count("error: ") == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
 

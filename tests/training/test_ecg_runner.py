@@ -1,7 +1,8 @@
 """`python -m training.ecg` end to end on a tiny model and a subset of ECG5000.
 
-Artifacts, resume after an interruption, refusal to overwrite a finished run, argument
-validation, and a missing baseline cell.
+Artifacts, resume after an interruption, a repeated finished run, refusal of a folder of
+another configuration, argument validation, and a missing baseline cell. (Operator errors,
+`--overwrite`, extending with more seeds: `test_ecg_cli.py`.)
 """
 
 from __future__ import annotations
@@ -13,24 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ecg_helpers import tiny_args
 
 from training import ecg
 from training.runner import CHECKPOINT_FILE, INTERRUPT_ENV, read_checkpoint_state
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def tiny_args(out: Path, *extra: str, epochs: int = 2) -> list[str]:
-    return [
-        "--units", "8",
-        "--epochs", str(epochs),
-        "--limit-train", "64",
-        "--limit-val", "64",
-        "--limit-test", "100",
-        "--quiet",
-        "--out", str(out),
-        *extra,
-    ]  # fmt: skip
 
 
 def _checkpoint_arrays(seed_dir: Path) -> dict[str, np.ndarray]:
@@ -107,25 +96,22 @@ def test_model_reloads_with_only_keras_nrnn(finished_run):
 
 
 @pytest.mark.slow
-def test_refuses_to_overwrite_finished_run(finished_run, capsys):
+def test_repeating_a_finished_run_changes_nothing(finished_run, capsys):
     out, argv = finished_run
-    before = (out / "results.json").read_bytes()
-    assert ecg.main(argv) == ecg.EXIT_REFUSED
-    assert "refusing to overwrite" in capsys.readouterr().err
-    assert (out / "results.json").read_bytes() == before
-    # --overwrite starts afresh (the old seed folder is gone, a new run is written).
-    marker = out / "seed-0" / "marker"
-    marker.write_text("old")
-    assert ecg.main([*argv, "--overwrite"]) == 0
-    assert not marker.exists() and (out / "results.json").is_file()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert ecg.main(argv) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_refuses_folder_of_different_configuration(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.json").write_text(json.dumps({"identity": {"other": 1}, "config_hash": "x"}))
+    config = {"task": "ecg5000", "identity": {"other": 1}, "config_hash": "x"}
+    (out / "config.json").write_text(json.dumps(config))
     assert ecg.main(tiny_args(out)) == ecg.EXIT_REFUSED
-    assert "different configuration" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "other: 1 -> (absent)" in err
 
 
 def test_refuses_non_run_folder(tmp_path, capsys):

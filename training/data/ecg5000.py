@@ -300,7 +300,13 @@ def _read_dir(directory: Path, source: str) -> ResolvedFiles:
                 f"ECG5000 file {path} is missing (source: {source}). "
                 f"To fix: {_fix_for(source, path)}."
             )
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise DataIntegrityError(
+                f"ECG5000 file {path} cannot be read ({e.strerror or e}; source: {source}). "
+                f"To fix: {_fix_for(source, path)}."
+            ) from e
         hashes[name] = _verify(name, data, str(path), _fix_for(source, path))
         contents[name], paths[name] = data, path
     return ResolvedFiles(source=source, paths=paths, contents=contents, sha256=hashes)
