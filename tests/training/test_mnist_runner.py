@@ -194,3 +194,14 @@ def test_gpu_command_code_path_mixed_precision_and_xla(tmp_path, npz_dir):
     assert config["preset"] == "paper" and config["identity"]["mnist"]["clipnorm"] is None
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["models"]["nrnn"]["mean"]["clean"] <= 1.0
+
+
+@pytest.mark.slow
+def test_baseline_models_train_and_report_beside_the_paper(tmp_path, npz_dir):
+    out = tmp_path / "run"
+    assert runner.main(tiny(out, npz_dir[0], "--models", "antisymmetric,cornn")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [m["label"] for m in results["models"].values()] == ["Antisymmetric RNN", "coRNN"]
+    assert (out / "cornn" / "seed-0" / "model.keras").is_file()
+    md = (out / "results.md").read_text()
+    assert "| coRNN (ours) | 1 |" in md and "| coRNN (paper) | 10 | 99.1 |" in md
