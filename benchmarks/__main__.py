@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--memory-timesteps", default="140,1400,14000",
         help="comma-separated T values of the memory figure (--quick uses the first only)",
     )
+    parser.add_argument(
+        "--timesteps", type=int, default=140,
+        help="sequence length T of the training and inference figures (140: ECG; 784: pixel "
+        "MNIST); the other hyperparameters stay the ECG configuration's",
+    )
     parser.add_argument("--memory-batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -100,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.timesteps < 1:
+        print(
+            f"Argument `--timesteps` must be an integer >= 1; received {args.timesteps}",
+            file=sys.stderr,
+        )
+        return 2
     out_dir = args.out or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     settings = Settings(
         quick=args.quick,
@@ -111,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         memory=not args.no_memory,
         memory_timesteps=memory_timesteps,
         memory_batch=args.memory_batch,
+        timesteps=args.timesteps,
         seed=args.seed,
         isolate=not args.in_process,
     )

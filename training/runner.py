@@ -85,6 +85,7 @@ class TrainSettings:
         lr_decay_factor: multiplier applied from `lr_decay_epoch` on.
         jit_compile: compile the train step with XLA.
         progress: show a tqdm bar over epochs.
+        clipnorm: clip each gradient to this L2 norm (Adam's `clipnorm`); None: no clipping.
     """
 
     epochs: int
@@ -94,6 +95,7 @@ class TrainSettings:
     lr_decay_factor: float = 0.1
     jit_compile: bool = False
     progress: bool = True
+    clipnorm: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,7 +450,7 @@ def train_seed(
     keras.utils.set_random_seed(seed)
     model = build_fn()
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=settings.lr),
+        optimizer=keras.optimizers.Adam(learning_rate=settings.lr, clipnorm=settings.clipnorm),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=settings.jit_compile,

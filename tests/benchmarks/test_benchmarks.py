@@ -452,3 +452,12 @@ def test_cli_list_needs_no_framework():
     )
     assert proc.returncode == 0, proc.stderr
     assert "torch-loop" in proc.stdout and "keras-rnn-cell-xla" in proc.stdout
+
+
+def test_timesteps_flag_sets_the_timing_length_and_rejects_nonpositive(capsys):
+    from benchmarks.__main__ import main, parse_args
+
+    assert parse_args(["--timesteps", "784"]).timesteps == 784
+    assert parse_args([]).timesteps == 140
+    assert main(["--only", "keras", "--timesteps", "0"]) == 2
+    assert "Argument `--timesteps` must be an integer >= 1; received 0" in capsys.readouterr().err
