@@ -432,11 +432,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import numpy as np
 
     from atomic_io import atomic_write_bytes, atomic_write_text
-    from training import cli, reporting, robustness
+    from training import cli, reporting, robustness, run_folder
     from training.data.mnist import load_mnist, mnist_dataset, pixel_permutation, to_sequences
     from training.ecg import (
         EXIT_REFUSED,
-        _check_out_dir,
         _message,
         _versions,
         _without_shard,
@@ -465,10 +464,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     keys = "+".join(e.key for e in entries)
     out = Path(args.out) if args.out else Path("runs") / "mnist" / f"{args.task}-{keys}-{chash}"
     refusal = None if args.overwrite else _permutation_refusal(out, args, permutation)
-    refusal = refusal or _check_out_dir(out, ident, args.overwrite)
     if refusal:
         _message(refusal)
         return EXIT_REFUSED
+    # The shared run-folder rules (training.run_folder): a folder that is not this tool's run is
+    # never written into or deleted; --overwrite builds the new run in a staging folder that
+    # replaces the old one only when it has finished.
+    task_name = f"mnist-{args.task}"
+    plan = run_folder.plan_run(
+        out, ident, task=task_name, overwrite=args.overwrite, prog="python -m training.mnist"
+    )
     for name in args.models:  # fail early, before any training, on a missing baseline cell
         resolve_cell_class(name)
     keras.mixed_precision.set_global_policy(precision)
@@ -484,7 +489,26 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     grid = dict(MNIST_ROBUSTNESS_GRID)
     command = ("python -m training.mnist " + shlex.join(_without_shard(list(argv)))).strip()
 
+    several = len(entries) > 1
+    if plan.mode == "resume" and (out / _STATUS_FILE).is_file():
+        seed_dirs = [
+            (out / e.key if several else out) / f"seed-{k}"
+            for e in entries
+            for k in range(args.seeds)
+        ]
+        if all((d / "eval.json").is_file() for d in seed_dirs):
+            _message(
+                f"Run folder {out} already holds this finished run ({args.seeds} seed(s)); "
+                "nothing to do. Pass a larger --seeds to extend it."
+            )
+            print(f"Run folder: {out}")
+            return 0
+
+    final_out = out
+    if plan.mode == "replace":
+        out = run_folder.prepare_staging(final_out, ident, task=task_name)
     out.mkdir(parents=True, exist_ok=True)
+    run_folder.check_writable(out)
     config_path = out / "config.json"
     if not config_path.exists():
         config = {
@@ -546,7 +570,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         permutation=permutation,
     )
     shared_inputs = robustness.PerturbedInputs(x_test, base_seed=args.perturbation_seed)
-    several = len(entries) > 1
     t_start = time.perf_counter()
 
     def seed_dir(entry: Entry, seed: int) -> Path:
@@ -704,6 +727,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _results_md(out / "results.md", args.task, labels, grid, command, notes)
     # results.json last: its presence marks the run folder as finished.
     reporting.write_results_json(out / _STATUS_FILE, results)
+    if out != final_out:
+        run_folder.swap_in(out, final_out)
+        out = final_out
     print(reporting.markdown_table(labels, grid, None))
     print(f"Run folder: {out}")
     return 0
@@ -720,6 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.data.mnist import DataIntegrityError, DataUnavailableError
     from training.ecg import EXIT_INTERRUPTED, EXIT_REFUSED, _message
     from training.models import UnknownModelError
+    from training.run_folder import RunFolderError
     from training.runner import SimulatedInterruptionError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -732,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_policy = keras.mixed_precision.global_policy().name
     try:
         return run(args, argv)
-    except (UnknownModelError, DataIntegrityError, DataUnavailableError) as e:
+    except (UnknownModelError, DataIntegrityError, DataUnavailableError, RunFolderError) as e:
         _message(f"error: {e}")
         return EXIT_REFUSED
     except (KeyboardInterrupt, SimulatedInterruptionError) as e:

@@ -154,8 +154,13 @@ def test_ordered_run_writes_every_artifact(tmp_path, npz_dir):
     md = (out / "results.md").read_text()
     assert "NRNN 0.02/0.05 (paper) | 10 | 99.1 | 98.9 | 92.2 | 73.5" in md
     assert "| NRNN 0.02/0.02 (ours) | 1 |" in md
-    # A finished run is not overwritten.
-    assert runner.main(tiny(out, npz_dir[0], epochs=2)) == 2
+    # A finished run is never overwritten (the shared run-folder rule of training.run_folder):
+    # repeating its command retrains nothing and changes no file; another configuration is
+    # refused, with nothing changed either.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert runner.main(tiny(out, npz_dir[0], epochs=2)) == 0
+    assert runner.main(tiny(out, npz_dir[0], epochs=3)) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.slow
