@@ -57,7 +57,7 @@ def test_the_library_imports_without_tensorflow(backend):
         "import sys, numpy as np, keras, keras_nrnn\n"
         "layer = keras_nrnn.SDERNN(keras_nrnn.NoisyLipschitzCell(4, additive_noise=0.1, seed=0))\n"
         "layer(np.ones((2, 3, 1), 'float32'), training=True)\n"
-        "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if 'tensorflow' in m)[:5]\n"
+        "assert 'tensorflow' not in sys.modules\n"
         "print('ok')\n"
     )
     env = {**os.environ, "KERAS_BACKEND": backend}
