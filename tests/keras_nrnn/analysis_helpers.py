@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+from test_lipschitz_numerics import lipschitz_np
 
 from keras_nrnn import LipschitzCell, NoisyLipschitzCell
-from tests.keras_nrnn.test_lipschitz_numerics import lipschitz_np
 
 
 def make_model(

@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from analysis_helpers import make_model
 
 from keras_nrnn.analysis import fisher_rao_norm, top_hessian_eigenvalue
-from tests.keras_nrnn.analysis_helpers import make_model
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="the references use tf.GradientTape"

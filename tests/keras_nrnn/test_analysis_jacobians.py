@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from analysis_helpers import make_model, matrices
 
 from keras_nrnn.analysis import (
     jacobian_product,
@@ -10,7 +11,6 @@ from keras_nrnn.analysis import (
     state_jacobians,
     trajectory,
 )
-from tests.keras_nrnn.analysis_helpers import make_model, matrices
 
 
 def _step_np(mats, h, x, dt):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from analysis_helpers import make_model
 
 from keras_nrnn.analysis import lyapunov_bounds, lyapunov_exponent
-from tests.keras_nrnn.analysis_helpers import make_model
 
 
 def _scalar_cell(a: float, b: float, dt: float, w: float = 0.0):

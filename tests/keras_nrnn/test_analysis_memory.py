@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from analysis_helpers import make_model, matrices
 
 from keras_nrnn.analysis import memory_decay_rate, memory_function, step_response
-from tests.keras_nrnn.analysis_helpers import make_model, matrices
 
 DT = 0.1
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from analysis_helpers import make_model, matrices, readout, softmax
 
 from keras_nrnn.analysis import implicit_regularizer, margin_lower_bounds, noisy_loss_gap
-from tests.keras_nrnn.analysis_helpers import make_model, matrices, readout, softmax
 
 DT = 0.1
 
