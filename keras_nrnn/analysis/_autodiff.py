@@ -25,6 +25,26 @@ def _unsupported(what: str):
     )
 
 
+def jacobian_function(fn: Callable) -> Callable[[np.ndarray], np.ndarray]:
+    """A function `z -> d fn(z)[b] / d z[b]` for every row `b` (numpy `(B, m, n)`).
+
+    `fn` maps `(B, n)` to `(B, m)` row by row. On TensorFlow the Jacobian is traced once
+    into a `tf.function` (eager `batch_jacobian` re-traces its vectorised loop on every call).
+    """
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(reduce_retracing=True)
+        def jac(z):
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                out = fn(z)
+            return tape.batch_jacobian(out, z)
+
+        return lambda z: jac(tf.convert_to_tensor(z)).numpy()
+    return lambda z: batch_jacobian(fn, z)
+
+
 def batch_jacobian(fn: Callable, z: np.ndarray) -> np.ndarray:
     """`d fn(z)[b] / d z[b]` for every row `b`: `fn` maps `(B, n)` to `(B, m)` row by row.
 

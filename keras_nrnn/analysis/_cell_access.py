@@ -122,25 +122,36 @@ def drift(cell, x, h):
     return (step(cell, x, h) - h) / ops.cast(dt, compute_dtype(cell))
 
 
-def noise_levels(cell) -> tuple[float, float]:
+def noise_levels(cell, override: tuple[float, float] | None = None) -> tuple[float, float]:
     """`(sigma_a, sigma_m)` such that one noisy step adds `(sigma_a + sigma_m f) sqrt(dt) xi`.
+
+    `override` replaces the cell's own `(additive_noise, multiplicative_noise)` (for instance
+    to evaluate a deterministic cell at the noise levels of its noisy counterpart).
 
     For `scheme="research"` (additive `sigma xi` without `sqrt(dt)`, and a uniform factor
     `U(1 - s, 1)` on `dt f`) the levels of the Gaussian diffusion with the same second moments
     are returned: `sigma_a / sqrt(dt)` and `s sqrt(dt / 12)`.
     """
     config = cell.get_config()
-    additive = float(config.get("additive_noise", 0.0) or 0.0)
-    multiplicative = float(config.get("multiplicative_noise", 0.0) or 0.0)
+    if override is not None:
+        additive, multiplicative = (float(v) for v in override)
+        if not (additive >= 0 and multiplicative >= 0):
+            raise ValueError(
+                "Argument `noise_levels` must be two numbers >= 0 (additive, multiplicative); "
+                f"received noise_levels={override!r}."
+            )
+    else:
+        additive = float(config.get("additive_noise", 0.0) or 0.0)
+        multiplicative = float(config.get("multiplicative_noise", 0.0) or 0.0)
     if config.get("scheme") == "research":
         dt = mean_time_step(cell)
         return additive / math.sqrt(dt), multiplicative * math.sqrt(dt / 12.0)
     return additive, multiplicative
 
 
-def diffusion(cell, f, scale: float = 1.0):
+def diffusion(cell, f, scale: float = 1.0, levels: tuple[float, float] | None = None):
     """The diagonal of sigma(h, x) of eq. 4, `scale (sigma_a + sigma_m f)`, given the drift f."""
-    additive, multiplicative = noise_levels(cell)
+    additive, multiplicative = noise_levels(cell, levels)
     return scale * (additive + multiplicative * f)
 
 

@@ -42,7 +42,9 @@ def check_labels(labels: Any, batch: int, classes: int) -> np.ndarray:
     return y.astype("int64")
 
 
-def sweep(model, inputs: np.ndarray, noise_scale: float = 1.0) -> dict[str, np.ndarray]:
+def sweep(
+    model, inputs: np.ndarray, noise_scale: float = 1.0, noise_levels=None
+) -> dict[str, np.ndarray]:
     """Logits, probabilities, norms over lag, eq. 18 terms and Theorem 2 pieces per sample."""
     cell, readout = access.split_model(model)
     x = _inputs(cell, inputs)
@@ -57,7 +59,7 @@ def sweep(model, inputs: np.ndarray, noise_scale: float = 1.0) -> dict[str, np.n
     pv = p @ v
     hess = np.einsum("ci,bc,cj->bij", v, p, v) - np.einsum("bi,bj->bij", pv, pv)
     drifts = (states[:, 1:] - states[:, :-1]).astype("float64") / dt  # f_m, (B, M, n)
-    sigma = np.asarray(access.diffusion(cell, drifts, noise_scale), "float64")
+    sigma = np.asarray(access.diffusion(cell, drifts, noise_scale, noise_levels), "float64")
     sigma = np.broadcast_to(sigma, drifts.shape)
     norms = np.empty((batch, steps + 1))
     reg_terms = np.empty((batch, steps))
@@ -66,7 +68,7 @@ def sweep(model, inputs: np.ndarray, noise_scale: float = 1.0) -> dict[str, np.n
     def visit(m, product, jac_h, jac_x):
         norms[:, steps - 1 - m] = spectral_norms(product)
         # Noise of step m enters h_{m+1}; its effect on h_M goes through `product`.
-        diag = np.einsum("bji,bjk,bki->bi", product, hess, product)
+        diag = np.sum(product * (hess @ product), axis=1)  # diag(P^T H P)
         reg_terms[:, m] = 0.5 * np.sum(dt * sigma[:, m] ** 2 * diag, axis=1)
         input_norms[:, m] = spectral_norms(jac_x)
 

@@ -10,6 +10,7 @@ running product is kept, never the whole chain.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -59,12 +60,18 @@ def trajectory(model_or_cell: Any, inputs: np.ndarray) -> np.ndarray:
     return np.stack(states, axis=1)
 
 
+_JACOBIANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _step_jacobians(cell, x_m: np.ndarray, h_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`(d h_{m+1}/d h_m, d h_{m+1}/d x_m)`, shapes `(B, n, n)` and `(B, n, features)`."""
     n = h_m.shape[1]
+    if cell not in _JACOBIANS:
+        _JACOBIANS[cell] = _autodiff.jacobian_function(
+            lambda v: access.step(cell, v[:, n:], v[:, :n])
+        )
     z = np.concatenate([h_m, x_m], axis=1)
-    jac = _autodiff.batch_jacobian(lambda v: access.step(cell, v[:, n:], v[:, :n]), z)
-    jac = jac.astype("float64")
+    jac = _JACOBIANS[cell](z).astype("float64")
     return jac[:, :, :n], jac[:, :, n:]
 
 
@@ -185,5 +192,11 @@ def jacobian_product_norms(model_or_cell: Any, inputs: np.ndarray) -> np.ndarray
 
 
 def spectral_norms(matrices: np.ndarray) -> np.ndarray:
-    """Largest singular value of each matrix of a stack `(..., r, c)`."""
-    return np.linalg.norm(matrices, ord=2, axis=(-2, -1))
+    """Largest singular value of each matrix of a stack `(..., r, c)`.
+
+    The square root of the top eigenvalue of the smaller Gram matrix (several times faster
+    than an SVD, and as accurate for the largest singular value).
+    """
+    mt = np.swapaxes(matrices, -1, -2)
+    gram = mt @ matrices if matrices.shape[-1] <= matrices.shape[-2] else matrices @ mt
+    return np.sqrt(np.maximum(np.linalg.eigvalsh(gram)[..., -1], 0.0))

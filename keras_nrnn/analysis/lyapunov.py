@@ -26,13 +26,20 @@ from keras_nrnn.analysis.jacobians import _inputs
 __all__ = ["lyapunov_bounds", "lyapunov_exponent"]
 
 
-def lyapunov_bounds(model_or_cell: Any, noise_scale: float = 1.0) -> dict[str, float]:
+def lyapunov_bounds(
+    model_or_cell: Any,
+    noise_scale: float = 1.0,
+    noise_levels: tuple[float, float] | None = None,
+) -> dict[str, float]:
     """The Theorem 3 interval for the sample-path Lyapunov exponent, from the trained weights.
 
     Args:
         model_or_cell: a Lipschitz-family cell (`LipschitzCell`, `NoisyLipschitzCell`) or a
             model holding one, with a scalar step `dt` (not a per-unit learnt one).
         noise_scale: multiplies the cell's diffusion.
+        noise_levels: `(additive, multiplicative)` used instead of the cell's own
+            `additive_noise`, `multiplicative_noise` (e.g. a deterministic cell evaluated at
+            the noise levels of its noisy counterpart); None: the cell's.
 
     Returns:
         dict: `lower` and `upper` (the paper's interval, per unit time), `lower_valid`
@@ -57,7 +64,7 @@ def lyapunov_bounds(model_or_cell: Any, noise_scale: float = 1.0) -> dict[str, f
         )
     parts = access.lipschitz_parts(cell)
     a, w, lip = parts["A"], parts["W"], parts["L_a"]
-    _, multiplicative = access.noise_levels(cell)
+    _, multiplicative = access.noise_levels(cell, noise_levels)
     a_sym = 0.5 * (a + a.T)
     eig = np.linalg.eigvalsh(a_sym)
     sigma_w = float(np.linalg.norm(w, 2))
@@ -84,6 +91,7 @@ def lyapunov_exponent(
     noise_scale: float = 1.0,
     perturbation: float = 1e-3,
     seed: int = 0,
+    noise_levels: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Monte Carlo estimate of the sample-path Lyapunov exponent of the noisy cell.
 
@@ -99,6 +107,9 @@ def lyapunov_exponent(
         noise_scale: multiplies the cell's diffusion (0: the deterministic cell).
         perturbation: size of the separation relative to `max(1, ||h||)`, > 0.
         seed: seed of the numpy generator of the Brownian increments and of `e_0`.
+        noise_levels: `(additive, multiplicative)` used instead of the cell's own
+            `additive_noise`, `multiplicative_noise` (e.g. a deterministic cell evaluated at
+            the noise levels of its noisy counterpart); None: the cell's.
 
     Returns:
         dict: `exponent` (mean over paths), `stderr` (standard error over paths),
@@ -135,7 +146,7 @@ def lyapunov_exponent(
         both = np.concatenate([h, h + e], axis=0).astype(dtype)
         nxt = np.asarray(ops.convert_to_numpy(access.step(cell, xx[:, m], both)))
         f = (nxt - both) / dt_cast
-        g = np.asarray(access.diffusion(cell, f, noise_scale), dtype) * sqrt_dt
+        g = np.asarray(access.diffusion(cell, f, noise_scale, noise_levels), dtype) * sqrt_dt
         xi = rng.standard_normal((paths, cell.units)).astype(dtype)
         new = nxt.astype("float64") + g.astype("float64") * np.concatenate([xi, xi], axis=0)
         h, e = new[:paths], new[paths:] - new[:paths]

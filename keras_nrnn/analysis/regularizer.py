@@ -25,14 +25,22 @@ from keras_nrnn.analysis.jacobians import _inputs
 __all__ = ["implicit_regularizer", "noisy_loss_gap"]
 
 
-def implicit_regularizer(model: Any, inputs: np.ndarray, noise_scale: float = 1.0) -> np.ndarray:
+def implicit_regularizer(
+    model: Any,
+    inputs: np.ndarray,
+    noise_scale: float = 1.0,
+    noise_levels: tuple[float, float] | None = None,
+) -> np.ndarray:
     """The eq. 18 regularizer `R` of every sample, for softmax cross-entropy.
 
     Args:
         model: `Input -> recurrent layer(cell) -> Dense` (logits) with a single-state cell.
         inputs: array `(batch, M, features)`.
         noise_scale: multiplies the cell's diffusion (so `R` scales with its square); use it
-            to evaluate a deterministic cell at the noise levels of its noisy counterpart.
+            to study the small-noise limit.
+        noise_levels: `(additive, multiplicative)` used instead of the cell's own
+            `additive_noise`, `multiplicative_noise` (e.g. a deterministic cell evaluated at
+            the noise levels of its noisy counterpart); None: the cell's.
 
     Returns:
         numpy array `(batch,)`, `R >= 0`: the predicted increase of the mean loss under noise.
@@ -47,7 +55,7 @@ def implicit_regularizer(model: Any, inputs: np.ndarray, noise_scale: float = 1.
     >>> r.shape, bool((r >= 0).all())
     ((3,), True)
     """
-    return sweep(model, inputs, noise_scale)["regularizer_terms"].sum(axis=1)
+    return sweep(model, inputs, noise_scale, noise_levels)["regularizer_terms"].sum(axis=1)
 
 
 def noisy_loss_gap(
@@ -57,6 +65,7 @@ def noisy_loss_gap(
     samples: int = 32,
     noise_scale: float = 1.0,
     seed: int = 0,
+    noise_levels: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """Monte Carlo mean of `loss(noisy trajectory) - loss(deterministic)` against eq. 18.
 
@@ -71,6 +80,9 @@ def noisy_loss_gap(
         samples: number of antithetic pairs of noise paths per sequence, > 0.
         noise_scale: multiplies the cell's diffusion.
         seed: seed of the numpy generator of `xi`.
+        noise_levels: `(additive, multiplicative)` used instead of the cell's own
+            `additive_noise`, `multiplicative_noise` (e.g. a deterministic cell evaluated at
+            the noise levels of its noisy counterpart); None: the cell's.
 
     Returns:
         dict: `gap` (mean over sequences and noise), `stderr` (its Monte Carlo standard error),
@@ -91,7 +103,7 @@ def noisy_loss_gap(
     cell, readout = access.split_model(model)
     x = _inputs(cell, inputs)
     y = check_labels(labels, x.shape[0], readout.kernel.shape[1])
-    result = sweep(model, x, noise_scale)
+    result = sweep(model, x, noise_scale, noise_levels)
     base = cross_entropy(result["logits"], y)
     dtype = access.compute_dtype(cell)
     dt = np.broadcast_to(np.asarray(access.time_step(cell), "float64"), (cell.units,))
@@ -106,7 +118,8 @@ def noisy_loss_gap(
             h_next = np.asarray(ops.convert_to_numpy(access.step(cell, xx[:, m], h)))
             f = (h_next - h) / dt.astype(dtype)
             xi = rng.standard_normal((batch, cell.units)).astype(dtype)
-            noise = np.asarray(access.diffusion(cell, f, noise_scale), dtype) * sqrt_dt
+            noise = np.asarray(access.diffusion(cell, f, noise_scale, noise_levels), dtype)
+            noise = noise * sqrt_dt
             h = h_next + noise * np.concatenate([xi, -xi], axis=0)
         logits = h.astype("float64") @ readout.kernel + readout.bias
         loss = cross_entropy(logits, np.concatenate([y, y]))

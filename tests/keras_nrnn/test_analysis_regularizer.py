@@ -53,6 +53,15 @@ def test_regularizer_equals_numpy_finite_sum():
     np.testing.assert_allclose(
         implicit_regularizer(model, x, noise_scale=2.0), 4 * expected, rtol=1e-10
     )
+    # A deterministic cell with the same weights, evaluated at the noisy cell's levels.
+    det_model, det_cell = _linear(seed=9)
+    for name in ("m_a", "m_w", "kernel"):
+        getattr(det_cell, name).assign(getattr(cell, name))
+    det_model.layers[-1].set_weights(model.layers[-1].get_weights())
+    assert implicit_regularizer(det_model, x).max() == 0.0
+    np.testing.assert_allclose(
+        implicit_regularizer(det_model, x, noise_levels=(0.2, 0.3)), expected, rtol=1e-10
+    )
 
 
 def test_theorem1_mean_noisy_loss_gap_matches_regularizer():
