@@ -170,16 +170,14 @@ def test_fit_with_jit_compile_trains_every_weight(x, name):
     np.testing.assert_array_equal(pred, model.predict(x, verbose=0))  # inference: no noise
 
 
-def test_sdernn_runs_single_state_baselines_and_rejects_cornn(x):
-    for name in ("antisymmetric", "noisy_exprnn"):
+def test_sdernn_runs_every_baseline_including_the_two_part_cornn(x):
+    for name in ("antisymmetric", "noisy_exprnn", "cornn", "noisy_cornn"):
         fast = SDERNN(CELLS[name](), return_sequences=True)
         plain = keras.layers.RNN(CELLS[name](), return_sequences=True)
         fast.build(x.shape)
         plain.build(x.shape)
         plain.set_weights(fast.get_weights())
         np.testing.assert_allclose(to_np(fast(x)), to_np(plain(x)), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="state_size"):
-        SDERNN(CoRNNCell(UNITS))
 
 
 @pytest.mark.parametrize("name", ["noisy_antisymmetric", "noisy_cornn", "noisy_exprnn"])
@@ -215,7 +213,7 @@ def non_default_args():
                  recurrent_initializer="glorot_normal", bias_initializer="ones",
                  recurrent_constraint="unit_norm", **common)
     exp = dict(units=7, dt=0.5, recurrent_initializer="cayley",
-               kernel_initializer="glorot_uniform", bias_initializer="zeros", scheme="research",
+               kernel_initializer="glorot_uniform", bias_initializer="zeros", scheme="milstein",
                **common)
     noise = dict(additive_noise=0.1, multiplicative_noise=0.2, seed=3)
     return [
@@ -240,6 +238,10 @@ def test_get_config_round_trips_every_argument(cls, kwargs):
     cell = cls(**kwargs)
     config = cell.get_config()
     for key, value in kwargs.items():
+        if key in ("additive_noise", "multiplicative_noise"):  # stored as the noise model
+            assert getattr(cell.noise, key.removesuffix("_noise")) == value
+            assert config["noise"]["config"][key.removesuffix("_noise")] == value
+            continue
         assert key in config, key
         if key in SCALARS:
             assert config[key] == value, key

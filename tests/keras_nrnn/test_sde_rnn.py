@@ -166,8 +166,6 @@ def test_inference_graph_has_no_random_op_and_forms_matrices_outside_the_loop():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="cell"):
         SDERNN(keras.layers.SimpleRNNCell(3))
-    with pytest.raises(ValueError, match="state_size"):
-        SDERNN(CoRNNCell(3))
     with pytest.raises(ValueError, match="unroll"):
         SDERNN(LipschitzCell(3), unroll=2)
     with pytest.raises(ValueError, match="project_inputs_first"):

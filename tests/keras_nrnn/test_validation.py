@@ -65,8 +65,10 @@ def test_deterministic_cell_validates_too(kwargs):
 def test_boundary_values_are_accepted():
     cell = NoisyLipschitzCell(1, dt=1e-6, beta=0.0, gamma_a=0.0, gamma_w=0.0, init_std=0.0,
                               additive_noise=0.0, multiplicative_noise=0.0, seed=0)
-    assert cell.noise.active is False
-    assert NoisyLipschitzCell(2, beta=1.0, scheme="research", multiplicative_noise=1.0).beta == 1.0
+    assert cell.noise is None and cell.seed_generator is None  # zero noise is no noise
+    with pytest.warns(DeprecationWarning):
+        research = NoisyLipschitzCell(2, beta=1.0, scheme="research", multiplicative_noise=1.0)
+    assert research.beta == 1.0 and research.noise.multiplicative == 1.0
     assert NoisyLipschitzCell(2, multiplicative_noise=1.5).noise.multiplicative == 1.5  # EM: ok
 
 
