@@ -7,7 +7,7 @@ cells' internals (noise objects, step contract) is absorbed here:
 - `time_step(cell)`: the step delta (a float, or a per-unit vector when it is learnt);
 - `drift(cell, x, h)`: `(h_next - h) / dt`, the drift as the scheme applies it;
 - `noise_levels(cell)` and `diffusion(cell, f)`: the diagonal diffusion of eq. 4,
-  `g = sigma_a + sigma_m f` (the cell's `additive_noise`, `multiplicative_noise`);
+  `g = sigma_a + sigma_m f`, from the cell's noise model (`cell.noise`);
 - `lipschitz_parts(cell)`: `A`, `W`, `U`, `b` and the Lipschitz constant of the activation,
   for the closed-form bounds of Theorems 2 and 3 (Lipschitz-family cells only);
 - `split_model(model)`: the cell and the linear read-out `logits = V h + c` of a classifier.
@@ -125,14 +125,13 @@ def drift(cell, x, h):
 def noise_levels(cell, override: tuple[float, float] | None = None) -> tuple[float, float]:
     """`(sigma_a, sigma_m)` such that one noisy step adds `(sigma_a + sigma_m f) sqrt(dt) xi`.
 
-    `override` replaces the cell's own `(additive_noise, multiplicative_noise)` (for instance
-    to evaluate a deterministic cell at the noise levels of its noisy counterpart).
-
-    For `scheme="research"` (additive `sigma xi` without `sqrt(dt)`, and a uniform factor
+    Read from the cell's noise model (`cell.noise`: `DiagonalNoise`, `ResearchNoise` or
+    None). For `ResearchNoise` (additive `sigma xi` without `sqrt(dt)`, and a uniform factor
     `U(1 - s, 1)` on `dt f`) the levels of the Gaussian diffusion with the same second moments
-    are returned: `sigma_a / sqrt(dt)` and `s sqrt(dt / 12)`.
+    are returned: `sigma_a / sqrt(dt)` and `s sqrt(dt / 12)`. `override` replaces the
+    cell's own `(additive, multiplicative)` (e.g. to evaluate a deterministic cell at the
+    noise levels of its noisy counterpart); it is read as `DiagonalNoise` levels.
     """
-    config = cell.get_config()
     if override is not None:
         additive, multiplicative = (float(v) for v in override)
         if not (additive >= 0 and multiplicative >= 0):
@@ -140,12 +139,20 @@ def noise_levels(cell, override: tuple[float, float] | None = None) -> tuple[flo
                 "Argument `noise_levels` must be two numbers >= 0 (additive, multiplicative); "
                 f"received noise_levels={override!r}."
             )
-    else:
-        additive = float(config.get("additive_noise", 0.0) or 0.0)
-        multiplicative = float(config.get("multiplicative_noise", 0.0) or 0.0)
-    if config.get("scheme") == "research":
+        return additive, multiplicative
+    noise = getattr(cell, "noise", None)
+    if noise is None:
+        return 0.0, 0.0
+    additive = float(getattr(noise, "additive", 0.0))
+    multiplicative = float(getattr(noise, "multiplicative", 0.0))
+    if type(noise).__name__ == "ResearchNoise":
         dt = mean_time_step(cell)
         return additive / math.sqrt(dt), multiplicative * math.sqrt(dt / 12.0)
+    if type(noise).__name__ != "DiagonalNoise":
+        raise ValueError(
+            f"keras_nrnn.analysis knows DiagonalNoise and ResearchNoise; the cell {cell.name!r} "
+            f"has {noise!r}."
+        )
     return additive, multiplicative
 
 
