@@ -28,6 +28,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The per-sequence matrices (units x units) are small: a multi-threaded BLAS only contends
+# for the cores (measured on 2 shared cores: 57 s -> 6.5 s for the 16-sequence Jacobian sweep).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 import argparse
 import io
@@ -96,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap-samples", type=int, default=16, help="sequences for the Theorem 1 check")
     p.add_argument("--gap-pairs", type=int, default=8, help="antithetic noise pairs per sequence")
     p.add_argument("--lyapunov-paths", type=int, default=32, help="paths of the Lyapunov estimate")
-    p.add_argument("--hessian-samples", type=int, default=128, help="training sequences")
-    p.add_argument("--hessian-iterations", type=int, default=20, help="power iterations")
+    p.add_argument("--hessian-samples", type=int, default=64, help="training sequences")
+    p.add_argument("--hessian-iterations", type=int, default=15, help="power iterations")
     p.add_argument("--memory-steps", type=int, default=1000, help="steps of the step response")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo estimates")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
