@@ -16,7 +16,8 @@ For every finished seed of every model of each run folder (ECG5000 runs of
 Noise-dependent quantities (`R`, the Theorem 1 gap, Theorem 3, the noisy Lyapunov exponent)
 are evaluated for every model at the run's noise levels (`--additive-noise`,
 `--multiplicative-noise` of the training command), so a deterministic Lipschitz RNN is
-measured under the same noise as the NRNN. Writes `analysis.json` and four plots
+measured under the same noise as the NRNN. Writes `analysis.json`, `analysis.md` (the table of
+means ± std over seeds, also printed) and four plots
 (`analysis-jacobian-norms.png`, `analysis-lyapunov.png`, `analysis-margins.png`,
 `analysis-memory.png`) into the run folder (one RUN_DIR) or into `--out` (required with
 several, which are then shown side by side). Bad input (a missing folder, a folder that is
@@ -45,11 +46,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ANALYSIS_FILES", "AnalyzeError", "analyze_seed", "build_parser", "discover", "main"]
+__all__ = [
+    "ANALYSIS_FILES",
+    "AnalyzeError",
+    "analyze_seed",
+    "build_parser",
+    "discover",
+    "main",
+    "markdown_table",
+]
 
 EXIT_REFUSED = 2
 ANALYSIS_FILES = (
     "analysis.json",
+    "analysis.md",
     "analysis-jacobian-norms.png",
     "analysis-lyapunov.png",
     "analysis-margins.png",
@@ -336,6 +346,65 @@ def _aggregate(per_seed: dict[str, dict[str, Any]]) -> tuple[dict[str, float], d
     return mean, std
 
 
+# The rows of the summary table: (key in the per-model mean/std, label, format).
+TABLE_ROWS = (
+    ("test_accuracy_clean", "test accuracy, clean", "{:.4f}"),
+    ("jacobian_norm_final", "‖d h_M / d h_0‖₂ (lag M)", "{:.3g}"),
+    ("regularizer_R_mean", "eq. 18 regularizer R", "{:.3g}"),
+    ("theorem1_gap", "Theorem 1: MC loss gap", "{:.3g}"),
+    ("theorem1_predicted_R", "Theorem 1: R on the same sequences", "{:.3g}"),
+    ("margin_gamma_median", "Theorem 2: median margin bound γ", "{:.3g}"),
+    ("lyapunov_mc", "Lyapunov exponent, MC (noisy)", "{:.3g}"),
+    ("lyapunov_mc_deterministic", "Lyapunov exponent, MC (no noise)", "{:.3g}"),
+    ("lyapunov_lower_valid", "Theorem 3 lower (corrected)", "{:.3g}"),
+    ("lyapunov_lower", "Theorem 3 lower (paper)", "{:.3g}"),
+    ("lyapunov_upper", "Theorem 3 upper", "{:.3g}"),
+    ("hessian_top_eigenvalue", "top Hessian eigenvalue", "{:.3g}"),
+    ("fisher_rao_norm", "Fisher-Rao norm", "{:.3g}"),
+    ("memory_decay_rate", "memory decay rate (1/time)", "{:.3g}"),
+)
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The main diagnostics of an `analysis.json` report, mean ± std over seeds, as markdown.
+
+    Args:
+        report: the parsed `analysis.json`.
+
+    Returns:
+        A markdown table, one column per (run, model).
+
+    Example:
+
+    >>> r = {"runs": [{"run_dir": "r", "models": {"nrnn": {"label": "NRNN", "seeds": {"0": {}},
+    ...     "mean": {"fisher_rao_norm": 2.0}, "std": {"fisher_rao_norm": None}}}}]}
+    >>> print(markdown_table(r).splitlines()[-1])
+    | Fisher-Rao norm | 2 |
+    """
+    columns = [
+        (m["label"] if len(report["runs"]) == 1 else f"{m['label']} ({Path(r['run_dir']).name})", m)
+        for r in report["runs"]
+        for m in r["models"].values()
+    ]
+    lines = [
+        "| diagnostic | "
+        + " | ".join(f"{label} (n={len(m['seeds'])})" for label, m in columns)
+        + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for key, label, fmt in TABLE_ROWS:
+        cells = []
+        for _, m in columns:
+            mean, std = m["mean"].get(key), m["std"].get(key)
+            if mean is None:
+                cells.append("n/a")
+            else:
+                cells.append(fmt.format(mean) + ("" if std is None else " ± " + fmt.format(std)))
+        if any(c != "n/a" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -467,6 +536,7 @@ def run(args: argparse.Namespace, runs: list[RunInfo], out: Path) -> dict[str, A
     report["seconds"] = round(time.perf_counter() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     _plots(out, entries)
+    atomic_write_text(out / "analysis.md", markdown_table(report))
     atomic_write_text(out / "analysis.json", json.dumps(report, indent=2) + "\n")
     return report
 
@@ -502,7 +572,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AnalyzeError, DataIntegrityError, DataUnavailableError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_REFUSED
-    print(f"Wrote {out / 'analysis.json'} and {len(ANALYSIS_FILES) - 1} plots")
+    print((out / "analysis.md").read_text(encoding="utf-8"), end="")
+    print(f"Wrote {out / 'analysis.json'}, analysis.md and 4 plots")
     return 0
 
 

@@ -43,6 +43,7 @@ RUN_FILES = frozenset(
     {"config.json", "results.json", "results.md", "robustness.png", "history.csv", "model.keras"}
     | {
         "analysis.json",
+        "analysis.md",
         "analysis-jacobian-norms.png",
         "analysis-lyapunov.png",
         "analysis-margins.png",

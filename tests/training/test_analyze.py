@@ -50,8 +50,11 @@ def run_dir(tmp_path_factory) -> Path:
 def test_analysis_of_a_compare_run(run_dir, capsys):
     assert analyze.main([str(run_dir), *TINY]) == 0
     report = json.loads((run_dir / "analysis.json").read_text())
-    for name in analyze.ANALYSIS_FILES[1:]:
+    for name in analyze.ANALYSIS_FILES[2:]:
         assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (run_dir / "analysis.md").read_text()
+    assert "| Fisher-Rao norm |" in table and "NRNN (n=1)" in table
+    assert table in capsys.readouterr().out
     # The run folder stays a run folder: --overwrite of training.ecg still accepts it.
     assert foreign_entries(run_dir, ["nrnn", "lipschitz"]) == []
     (run,) = report["runs"]
