@@ -225,7 +225,9 @@ def serve(args: argparse.Namespace) -> None:
 def _reuse_port_socket(host: str, port: int, listen: bool = True) -> socket.socket:
     """A TCP socket bound to `host:port` with `SO_REUSEPORT` (shared by the workers)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
+    # socket's proto says TCP (with proto 0, Nagle + delayed ACKs add ~40 ms per response).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:

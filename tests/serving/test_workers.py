@@ -62,8 +62,11 @@ def test_two_workers_share_the_ports_and_hot_reload(export_info: ExportInfo, tmp
         # Hot reload reaches every worker: version 2 appears on both.
         shutil.copytree(base / "1", base / "2")
         wait_for(
-            lambda: (s := _healthz_by_pid(srv.url, 20)) and set(s) == workers
-            and all(v == [2] for v in s.values()),
+            lambda: (
+                (s := _healthz_by_pid(srv.url, 20))
+                and set(s) == workers
+                and all(v == [2] for v in s.values())
+            ),
             60,
             "version 2 on both workers",
         )
