@@ -43,6 +43,7 @@ __all__ = [
     "is_chief",
     "jit_supported",
     "make_strategy",
+    "prepare_model",
     "runner_strategy",
     "train_as_worker",
 ]
@@ -376,9 +377,11 @@ def train_as_worker(
 def jit_supported(strategy: Any) -> bool:
     """Whether Keras can XLA-compile the train step under `strategy`.
 
-    Not with several replicas on logical CPU devices of one process: XLA places the compiled
-    step of every replica on the first CPU device and fails on the variables of the others
-    ("Trying to access resource ... located in device CPU:1 from device CPU:0").
+    Not with several replicas on CPU devices: in one process XLA places the compiled step of
+    every replica on the first CPU device and fails on the variables of the others ("Trying to
+    access resource ... located in device CPU:1 from device CPU:0"), and across workers XLA
+    has no CPU collectives ("Collectives are not yet implemented for CPU devices when
+    compiling with XLA").
 
     Args:
         strategy: a `tf.distribute.Strategy` or None.
@@ -394,4 +397,77 @@ def jit_supported(strategy: Any) -> bool:
     if strategy is None:
         return True
     devices = list(strategy.extended.worker_devices)
-    return not (len(devices) > 1 and any("CPU" in d.upper() for d in devices))
+    cpu = any("CPU" in d.upper() for d in devices)
+    return not (strategy.num_replicas_in_sync > 1 and cpu)
+
+
+def prepare_model(model: Any, strategy: Any) -> None:
+    """Make a model built under `strategy` train correctly on it (call before `compile`).
+
+    - Several replicas: `fold_replica_into_noise`, so that each replica draws its own noise.
+    - `MultiWorkerMirroredStrategy`: two Keras 3.15 bugs make `fit` fail there
+      (tensorflow/tensorflow#72388). It builds its metrics from one batch reduced with
+      `strategy.reduce("MEAN", (x, y))` ("Attempt to convert a value (PerReplica...)"): the
+      model builds from this worker's first local replica batch instead (only the shapes
+      matter). And it reduces the scalar loss and metric values of every step with
+      `strategy.reduce("MEAN", v, axis=0)` ("Invalid reduction dimension 0 for input with 0
+      dimensions"): `_patch_keras_multi_worker_reduce` reduces scalars with `axis=None`
+      (the mean over replicas, as `MirroredStrategy` does).
+
+    Args:
+        model: the model, built in `strategy.scope()`.
+        strategy: a `tf.distribute.Strategy` or None (nothing to do).
+
+    Example:
+
+    >>> prepare_model(None, None)
+    """
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return
+    import tensorflow as tf
+
+    fold_replica_into_noise(model)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    original = model._maybe_symbolic_build
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+        return original(iterator=None, data_batch=data_batch)
+
+    model._maybe_symbolic_build = symbolic_build
+    _patch_keras_multi_worker_reduce()
+
+
+def _patch_keras_multi_worker_reduce() -> None:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    if getattr(original, "_keras_nrnn_fixed", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or reduction not in (
+            "auto",
+            "mean",
+        ):
+            return original(values, strategy, reduction)
+
+        def reduce(v):
+            if v.shape.rank == 0:
+                return strategy.reduce("MEAN", v, axis=None)
+            return original(v, strategy, reduction)
+
+        return tf.nest.map_structure(reduce, values)
+
+    reduce_per_replica._keras_nrnn_fixed = True
+    trainer.reduce_per_replica = reduce_per_replica

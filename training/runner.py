@@ -485,13 +485,12 @@ def train_seed(
     if existing is not None and existing["epochs_done"] >= settings.epochs:
         return _seed_run(seed_dir, existing, resumed_from=existing["epochs_done"], seconds=0.0)
 
-    from training.distribute import fold_replica_into_noise, jit_supported
+    from training.distribute import jit_supported, prepare_model
 
     keras.utils.set_random_seed(seed)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_fn()
-        if strategy is not None and strategy.num_replicas_in_sync > 1:
-            fold_replica_into_noise(model)
+        prepare_model(model, strategy)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=settings.lr, clipnorm=settings.clipnorm),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -499,7 +498,8 @@ def train_seed(
             jit_compile=settings.jit_compile and jit_supported(strategy),
         )
     if existing is not None:
-        state = _restore_checkpoint(ckpt, model)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            state = _restore_checkpoint(ckpt, model)
     else:
         state = {
             "seed": seed,

@@ -130,3 +130,96 @@ def test_ecg_command_line_trains_on_two_mirrored_replicas(tmp_path):
     bad = _ecg(ecg_helpers.tiny_args(tmp_path / "odd", "--strategy", "mirrored",
                                      "--cpu-replicas", "2", "--batch-size", "33"))  # fmt: skip
     _one_line_error(bad, "--batch-size", "33", "2 replicas")
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _start_workers(out: Path, epochs: int, log_dir: Path) -> list[subprocess.Popen]:
+    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    args = [
+        "--units", "8", "--epochs", str(epochs), "--limit-train", "128", "--limit-val", "32",
+        "--limit-test", "32", "--batch-size", "32", "--quiet", "--no-tensorboard",
+        "--out", str(out), "--strategy", "multi_worker",
+    ]  # fmt: skip
+    procs = []
+    for index in range(2):
+        config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+        log = open(log_dir / f"worker{index}-{len(list(log_dir.iterdir()))}.log", "wb")  # noqa: SIM115
+        command = [sys.executable, "-m", "training.ecg", *args]
+        env = _env(TF_CONFIG=json.dumps(config))
+        procs.append(
+            subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        )
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float) -> list[int]:
+    return [p.wait(timeout) for p in procs]
+
+
+def _weights(out: Path) -> list[np.ndarray]:
+    with np.load(out / "seed-0" / "checkpoint.npz") as z:
+        return [z[k] for k in sorted(z.files) if k.startswith("model_")]
+
+
+@pytest.mark.slow
+def test_two_workers_train_and_resume_after_one_is_killed(tmp_path):
+    import signal
+    import time
+
+    from training.runner import read_checkpoint_state
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    epochs = 10
+    # An uninterrupted two-worker run: the reference.
+    ref = tmp_path / "ref"
+    assert _wait(_start_workers(ref, epochs, logs), 400) == [0, 0], _logs(logs)
+    assert json.loads((ref / "seed-0" / "eval.json").read_text())["replicas"] == 2
+    assert read_checkpoint_state(ref / "seed-0")["epochs_done"] == epochs
+
+    # The same run; worker 1 is killed (SIGKILL) once the chief has checkpointed an epoch.
+    out = tmp_path / "run"
+    chief, worker = _start_workers(out, epochs, logs)
+    deadline = time.monotonic() + 300
+    while (read_checkpoint_state(out / "seed-0") or {}).get("epochs_done", 0) < 1:
+        assert time.monotonic() < deadline and chief.poll() is None, _logs(logs)
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(30)
+    try:  # the chief cannot go on without its peer: it fails (or we stop it)
+        chief.wait(120)
+    except subprocess.TimeoutExpired:
+        chief.kill()
+        chief.wait(30)
+    done = read_checkpoint_state(out / "seed-0")["epochs_done"]
+    assert 1 <= done < epochs, done
+    assert not (out / "results.json").exists()
+
+    # The same command on both workers resumes from the chief's last checkpoint.
+    assert _wait(_start_workers(out, epochs, logs), 400) == [0, 0], _logs(logs)
+    state = read_checkpoint_state(out / "seed-0")
+    assert state["epochs_done"] == epochs
+    assert [row["epoch"] for row in state["history"]] == list(range(1, epochs + 1))
+    assert f"resumed from epoch {done}" in _logs(logs)
+    # Nothing lost, nothing repeated: the weights (and the noise generator's state) are those
+    # of the uninterrupted run.
+    for a, b in zip(_weights(ref), _weights(out), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert (out / "results.json").is_file()
+
+
+def _logs(folder: Path) -> str:
+    return "\n".join(
+        f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(folder.iterdir())
+    )
