@@ -1,5 +1,5 @@
 """Run by `test_distribute.py` in a fresh process: two logical CPU replicas need a TensorFlow
-whose devices are not initialised yet. Prints one JSON line of measurements.
+whose devices are not initialised yet. Writes its measurements to OUT_DIR/<what>.json.
 
     python tests/training/distribute_script.py noise|train OUT_DIR
 """
@@ -10,19 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from training.startup import import_tensorflow_quietly
-
-import_tensorflow_quietly()
-from training import distribute  # noqa: E402
-
-distribute.configure_cpu_replicas(2)
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from training.models import build_model  # noqa: E402
-from training.runner import CHECKPOINT_FILE, TrainSettings, train_seed  # noqa: E402
+import numpy as np
 
 HP = {"units": 8, "dt": 0.1, "additive_noise": 0.3, "multiplicative_noise": 0.1}
 T = 12
@@ -30,6 +18,12 @@ T = 12
 
 def per_replica_outputs(strategy, fold: bool, seed: int, training: bool = True) -> list:
     """Outputs of every replica on the SAME input batch (first two calls)."""
+    import keras
+    import tensorflow as tf
+
+    from training import distribute
+    from training.models import build_model
+
     keras.utils.set_random_seed(seed)
     with strategy.scope():
         model = build_model("nrnn", HP, seed=seed, timesteps=T, features=1, classes=2)
@@ -47,6 +41,10 @@ def per_replica_outputs(strategy, fold: bool, seed: int, training: bool = True) 
 
 
 def noise() -> dict:
+    import tensorflow as tf
+
+    from training import distribute
+
     mirrored = distribute.make_strategy("mirrored")
     single = tf.distribute.get_strategy()
     return {
@@ -60,6 +58,12 @@ def noise() -> dict:
 
 
 def train(out: Path) -> dict:
+    import keras
+
+    from training import distribute
+    from training.models import build_model
+    from training.runner import CHECKPOINT_FILE, TrainSettings, train_seed
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, T, 1)).astype("float32")
     y = (x.mean(axis=(1, 2)) > 0).astype("int64")
@@ -87,6 +91,14 @@ def train(out: Path) -> dict:
 
 
 if __name__ == "__main__":
+    # Only when run as a script (pytest's doctest collection imports this file too): the
+    # logical devices must be set before TensorFlow initialises them.
+    from training.startup import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from training import distribute
+
+    distribute.configure_cpu_replicas(2)
     what, out = sys.argv[1], Path(sys.argv[2])
     result = noise() if what == "noise" else train(out)
     (out / f"{what}.json").write_text(json.dumps(result))
