@@ -13,17 +13,21 @@ import numpy as np
 import keras_nrnn
 
 
+def build() -> keras.Model:
+    return keras.Sequential([
+        keras.Input((12, 1)),
+        keras.layers.RNN(keras_nrnn.LipschitzCell(8, dt=0.1)),
+        keras.layers.Dense(2),
+    ])  # fmt: skip
+
+
 def train(distributed: bool) -> tuple[list, list, int]:
     devices = keras.distribution.list_devices()
     keras.distribution.set_distribution(
         keras.distribution.DataParallel(devices=devices) if distributed else None
     )
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((12, 1)),
-        keras.layers.RNN(keras_nrnn.LipschitzCell(8, dt=0.1)),
-        keras.layers.Dense(2),
-    ])  # fmt: skip
+    model = build()
     model.compile(
         keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
@@ -38,11 +42,7 @@ def train(distributed: bool) -> tuple[list, list, int]:
 
 if __name__ == "__main__":
     keras.utils.set_random_seed(0)
-    initial = keras.Sequential([
-        keras.Input((12, 1)),
-        keras.layers.RNN(keras_nrnn.LipschitzCell(8, dt=0.1)),
-        keras.layers.Dense(2),
-    ])  # fmt: skip
+    initial = build()
     dp, loss, dp_devices = train(True)
     single, _, single_devices = train(False)
     print(json.dumps({
