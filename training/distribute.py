@@ -245,23 +245,44 @@ def is_chief() -> bool:
     return kind == "worker" and index == 0
 
 
-def _replica_folded_class(base: type) -> type:
+def _replica_offset(key):
+    """`[REPLICA_SEED_STRIDE * replica_id, 0]` in the dtype of `key` (0 outside a replica)."""
     import tensorflow as tf
 
+    context = tf.distribute.get_replica_context()
+    if context is None:  # cross-replica context: no replica of its own
+        return tf.zeros([2], key.dtype)
+    replica = tf.cast(context.replica_id_in_sync_group, key.dtype)
+    return replica * tf.constant([REPLICA_SEED_STRIDE, 0], key.dtype)
+
+
+def _replica_folded_class(base: type) -> type:
     class ReplicaFoldedSeedGenerator(base):
         """A SeedGenerator whose seeds differ per replica (see `fold_replica_into_noise`)."""
 
+        _folds_replica = True
+
         def next(self, ordered=True):
             seed = super().next(ordered=ordered)
-            context = tf.distribute.get_replica_context()
-            if context is None:  # cross-replica context: no replica of its own
-                return seed
-            replica = tf.cast(context.replica_id_in_sync_group, seed.dtype)
-            stride = tf.constant([REPLICA_SEED_STRIDE, 0], seed.dtype)
-            return seed + replica * stride
+            return seed + _replica_offset(seed)
 
     ReplicaFoldedSeedGenerator.__name__ = base.__name__  # same name in reprs and errors
     return ReplicaFoldedSeedGenerator
+
+
+def _fold_layer_keys(layer) -> bool:
+    """Fold the replica into the keys a sequence layer reserves before its loop (SDERNN)."""
+    reserve = getattr(layer, "_reserve_keys", None)
+    if reserve is None or getattr(reserve, "_folds_replica", False):
+        return False
+
+    def reserve_keys(steps):
+        keys = reserve(steps)  # (steps, 2)
+        return keys + _replica_offset(keys)[None, :]
+
+    reserve_keys._folds_replica = True
+    layer._reserve_keys = reserve_keys
+    return True
 
 
 def _seed_generators(model) -> list:
@@ -276,18 +297,21 @@ def _seed_generators(model) -> list:
 
 
 def fold_replica_into_noise(model) -> int:
-    """Make every noise `SeedGenerator` of `model` give each replica its own noise stream.
+    """Make every noise source of `model` give each replica its own Brownian path.
 
-    Each generator then returns `seed + [REPLICA_SEED_STRIDE * replica_id, 0]`, with
-    `replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group` (0 outside
-    `strategy.run`, so a one-replica run is unchanged). The generator's state, its checkpointed
-    value and the saved model are unchanged: only the seeds handed to the draws differ.
+    The cells take the keys of their noise from a `keras.random.SeedGenerator` whose state is
+    mirrored (the same on every replica): per step through `SeedGenerator.next()` (a cell in
+    `keras.layers.RNN`), or all keys of a sequence at once (`keras_nrnn.SDERNN`'s
+    `_reserve_keys`). Both then hand replica r the keys shifted by
+    `[REPLICA_SEED_STRIDE * r, 0]`, with `r = tf.distribute.get_replica_context()
+    .replica_id_in_sync_group` (0 outside `strategy.run`, so a one-replica run is unchanged).
+    The generator's state, its checkpointed value and the saved model are unchanged.
 
     Args:
         model: a built Keras model (its layers and cells are searched).
 
     Returns:
-        The number of generators changed.
+        The number of generators and sequence layers changed.
 
     Example:
 
@@ -298,12 +322,15 @@ def fold_replica_into_noise(model) -> int:
     1
     """
     generators = _seed_generators(model)
+    changed = 0
     for gen in generators:
         if not getattr(type(gen), "_folds_replica", False):
-            folded = _replica_folded_class(type(gen))
-            folded._folds_replica = True
-            gen.__class__ = folded
-    return len(generators)
+            gen.__class__ = _replica_folded_class(type(gen))
+            changed += 1
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if getattr(layer, "cell", None) is not None and getattr(layer.cell, "seed_generator", None):
+            changed += _fold_layer_keys(layer)
+    return changed
 
 
 def runner_strategy(args: argparse.Namespace) -> tuple[Any, bool]:

@@ -16,7 +16,7 @@ HP = {"units": 8, "dt": 0.1, "additive_noise": 0.3, "multiplicative_noise": 0.1}
 T = 12
 
 
-def per_replica_outputs(strategy, fold: bool, seed: int, training: bool = True) -> list:
+def per_replica_outputs(strategy, fold: bool, seed: int, layer: str, training: bool = True) -> list:
     """Outputs of every replica on the SAME input batch (first two calls)."""
     import keras
     import tensorflow as tf
@@ -26,7 +26,7 @@ def per_replica_outputs(strategy, fold: bool, seed: int, training: bool = True) 
 
     keras.utils.set_random_seed(seed)
     with strategy.scope():
-        model = build_model("nrnn", HP, seed=seed, timesteps=T, features=1, classes=2)
+        model = build_model("nrnn", HP, seed=seed, timesteps=T, classes=2, layer=layer)
         if fold:
             distribute.fold_replica_into_noise(model)
     x = tf.constant(np.linspace(-1, 1, 4 * T, dtype="float32").reshape(4, T, 1))
@@ -47,14 +47,16 @@ def noise() -> dict:
 
     mirrored = distribute.make_strategy("mirrored")
     single = tf.distribute.get_strategy()
-    return {
-        "replicas": mirrored.num_replicas_in_sync,
-        "folded": per_replica_outputs(mirrored, True, seed=5),
-        "folded_again": per_replica_outputs(mirrored, True, seed=5),
-        "unfolded": per_replica_outputs(mirrored, False, seed=5),
-        "inference": per_replica_outputs(mirrored, True, seed=5, training=False),
-        "single": per_replica_outputs(single, False, seed=5),
-    }
+    out = {"replicas": mirrored.num_replicas_in_sync}
+    for layer in ("sdernn", "rnn"):  # keys reserved per sequence / drawn per step
+        out[layer] = {
+            "folded": per_replica_outputs(mirrored, True, 5, layer),
+            "folded_again": per_replica_outputs(mirrored, True, 5, layer),
+            "unfolded": per_replica_outputs(mirrored, False, 5, layer),
+            "inference": per_replica_outputs(mirrored, True, 5, layer, training=False),
+            "single": per_replica_outputs(single, False, 5, layer),
+        }
+    return out
 
 
 def train(out: Path) -> dict:

@@ -77,9 +77,15 @@ def test_bad_strategy_flags_are_one_line_errors(tmp_path, extra, env, needles):
     assert not (tmp_path / "run").exists()
 
 
-def test_two_replicas_draw_different_noise_reproducibly(tmp_path):
-    r = _script("noise", tmp_path)
-    assert r["replicas"] == 2
+@pytest.fixture(scope="module")
+def noise_results(tmp_path_factory):
+    return _script("noise", tmp_path_factory.mktemp("noise"))
+
+
+@pytest.mark.parametrize("layer", ["sdernn", "rnn"])
+def test_two_replicas_draw_different_noise_reproducibly(noise_results, layer):
+    assert noise_results["replicas"] == 2
+    r = noise_results[layer]
     # [replica][call] -> (4, 8) outputs of the noisy RNN layer on the SAME input batch.
     folded, unfolded = np.array(r["folded"]), np.array(r["unfolded"])
     assert folded.shape == (2, 2, 4, 8)
