@@ -201,6 +201,9 @@ def build_parser(
         "the report",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    from training.distribute import add_strategy_arguments
+
+    add_strategy_arguments(p)
     g.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
     # Hidden debug flags: train and evaluate on the first N examples of a split.
     for split in ("train", "val", "test"):
@@ -306,6 +309,9 @@ def parse_args(
             positive_int(f"--limit-{split}", value)
     if args.overwrite and args.shard is not None:
         parser.error("use either --overwrite or --shard, not both (replace the run folder first)")
+    from training.distribute import check_strategy_args
+
+    check_strategy_args(parser, args)
     if check_models:
         check_model_names(parser, args.models)
     return args
