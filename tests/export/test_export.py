@@ -113,8 +113,18 @@ def test_signatures(exported):
 def test_metadata(exported):
     meta = json.loads((exported.path / "assets" / "metadata.json").read_text())
     for key in (
-        "name", "version", "keras_nrnn_version", "features", "num_classes", "state_size",
-        "cells", "model_config", "training", "metrics", "data_checksums", "exported_at",
+        "name",
+        "version",
+        "keras_nrnn_version",
+        "features",
+        "num_classes",
+        "state_size",
+        "cells",
+        "model_config",
+        "training",
+        "metrics",
+        "data_checksums",
+        "exported_at",
         "formats",
     ):
         assert key in meta, key
@@ -126,7 +136,8 @@ def test_metadata(exported):
     assert meta["training"] is None and meta["metrics"] is None
     assert meta["note"] == "test"
     assert meta["export_options"] == {
-        "savedmodel_time_steps": "hybrid", "savedmodel_jit_compile": False,
+        "savedmodel_time_steps": "hybrid",
+        "savedmodel_jit_compile": False,
         "onnx_time_steps": "fixed",
     }
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", meta["exported_at"])
@@ -152,12 +163,17 @@ def test_onnx_models(exported):
     onnx.checker.check_model(step, full_check=True)
     assert sorted(i.name for i in step.graph.input) == ["inputs", "state"]
     assert sorted(o.name for o in step.graph.output) == [
-        "classes", "logits", "new_state", "probabilities",
+        "classes",
+        "logits",
+        "new_state",
+        "probabilities",
     ]
     sess = ort.InferenceSession(str(exported.path / "model.onnx"))
     types = {o.name: o.type for o in sess.get_outputs()}
     assert types == {
-        "logits": "tensor(float)", "probabilities": "tensor(float)", "classes": "tensor(int64)",
+        "logits": "tensor(float)",
+        "probabilities": "tensor(float)",
+        "classes": "tensor(int64)",
     }
 
 
@@ -171,10 +187,10 @@ def test_keras_savedmodel_onnx_agree(exported):
             np.testing.assert_allclose(res["sequence"]["logits"], keras_logits, atol=ATOL)
             np.testing.assert_array_equal(res["sequence"]["classes"], keras_logits.argmax(-1))
             for key in ("logits", "probabilities", "classes"):
-                np.testing.assert_allclose(res["streaming"][key], res["sequence"][key],
-                                           atol=ATOL)
-        np.testing.assert_allclose(sm["streaming"]["new_state"], ox["streaming"]["new_state"],
-                                   atol=ATOL)
+                np.testing.assert_allclose(res["streaming"][key], res["sequence"][key], atol=ATOL)
+        np.testing.assert_allclose(
+            sm["streaming"]["new_state"], ox["streaming"]["new_state"], atol=ATOL
+        )
     # A time axis of another length than the model was built for: the SavedModel ("hybrid")
     # runs its while loop, equal to streaming; the fixed-length ONNX model refuses it.
     x = inputs(batch=2, time=5, seed=3)
@@ -204,9 +220,21 @@ def test_saved_model_cli_run(exported):
     x = np.round(inputs(batch=2, time=4, seed=5).astype(np.float64), 3)
     expr = "inputs=" + repr(x.tolist())
     proc = subprocess.run(
-        ["saved_model_cli", "run", "--dir", str(exported.path), "--tag_set", "serve",
-         "--signature_def", "serving_default", "--input_exprs", expr],
-        capture_output=True, text=True, timeout=300,
+        [
+            "saved_model_cli",
+            "run",
+            "--dir",
+            str(exported.path),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--input_exprs",
+            expr,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     block = proc.stdout.split("Result for output key logits:")[1].split("Result for")[0]
@@ -253,12 +281,17 @@ def test_alternative_time_steps_and_jit(tmp_path, exported):
     """The non-default options: a dynamic ONNX Loop (any length), a fixed-length unrolled
     SavedModel signature, XLA kept in the saved function; all verified and equal."""
     path = export_model(
-        exported.model, tmp_path, sample_inputs=exported.x, onnx_time_steps="dynamic",
-        savedmodel_time_steps="fixed", savedmodel_jit_compile=True,
+        exported.model,
+        tmp_path,
+        sample_inputs=exported.x,
+        onnx_time_steps="dynamic",
+        savedmodel_time_steps="fixed",
+        savedmodel_jit_compile=True,
     )
     meta = json.loads((path / "assets" / "metadata.json").read_text())
     assert meta["export_options"] == {
-        "savedmodel_time_steps": "fixed", "savedmodel_jit_compile": True,
+        "savedmodel_time_steps": "fixed",
+        "savedmodel_jit_compile": True,
         "onnx_time_steps": "dynamic",
     }
     assert _xla_functions(path) and not _xla_functions(exported.path)
@@ -295,8 +328,7 @@ def test_each_cell_type_exports_and_verifies(kind, tmp_path):
     for res in (run_saved_model(path, x, state_size), run_onnx(path, x, state_size)):
         key = "probabilities" if kind == "LipschitzCell" else "logits"
         np.testing.assert_allclose(res["sequence"][key], out, atol=ATOL)
-        np.testing.assert_allclose(res["streaming"]["logits"], res["sequence"]["logits"],
-                                   atol=ATOL)
+        np.testing.assert_allclose(res["streaming"]["logits"], res["sequence"]["logits"], atol=ATOL)
     assert find_random_tf_ops(path) == []
 
 
