@@ -252,7 +252,8 @@ def export_model(
         onnx_opset=DEFAULT_OPSET if "onnx" in fmt else None,
     )
     meta["export_options"] = {k: v for k, v in options.items() if k.split("_")[0] in fmt}
-    created_base = not base.exists()
+    # The folders this export creates (base and missing parents), removed again on failure.
+    created = [p for p in (base.absolute(), *base.absolute().parents) if not p.exists()]
     final = base / str(version)
     try:
         with atomic_directory(final) as tmp:
@@ -266,10 +267,10 @@ def export_model(
                     check.cancel()
             _make_readable(tmp)
             logger.info("export %s verified: %s", final, report)
-    except BaseException:
-        if created_base:
+    except BaseException:  # also KeyboardInterrupt and the CLI's SIGTERM (export.cli)
+        for folder in created:  # deepest first; only if still empty
             with contextlib.suppress(OSError):
-                base.rmdir()  # only if still empty
+                folder.rmdir()
         raise
     return final
 

@@ -179,6 +179,11 @@ def load_source(model_or_path: keras.Model | str | Path) -> LoadedSource:
             f"Model path {str(path)!r} is not a .keras file or a run folder containing "
             f"{RUN_MODEL_FILE}."
         )
+    from export.options import check_keras_archive
+
+    problem = check_keras_archive(str(path))
+    if problem:
+        raise ExportError(problem)
     import_cell_modules()
     try:
         model = keras.saving.load_model(path, compile=False)

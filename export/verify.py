@@ -280,7 +280,7 @@ def reference_session(path: str | Path) -> _OnnxSession:
         def vstack(arrays):
             return np.stack(arrays)
 
-    class StackingLoop(op_loop.Loop):
+    class Loop(op_loop.Loop):  # new_ops are matched by class name: this replaces Loop
         op_domain = ""
 
         def _run(self, *args, **kwargs):
@@ -292,7 +292,7 @@ def reference_session(path: str | Path) -> _OnnxSession:
                 op_loop.np = previous
 
     model = onnx.load(str(path))
-    sess = ReferenceEvaluator(model, new_ops=[StackingLoop])
+    sess = ReferenceEvaluator(model, new_ops=[Loop])
     names = [o.name for o in model.graph.output]
     shapes = {
         i.name: [

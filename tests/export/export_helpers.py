@@ -155,3 +155,12 @@ def listing(base) -> list[str]:
     if not base.exists():
         return []
     return sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+
+
+def perturb(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Add seeded N(0, 0.3^2) noise to every weight (non-trivial numbers to compare)."""
+    rng = np.random.default_rng(seed)
+    model.set_weights(
+        [w + 0.3 * rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()]
+    )
+    return model

@@ -7,21 +7,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from export_helpers import ALL_CELLS, CLASSES, FEATURES, TIME, UNITS, make_cell
+from export_helpers import ALL_CELLS, CLASSES, FEATURES, TIME, UNITS, make_cell, perturb
 
 from export import ExportError
 from export.inference_model import build_inference_model
 from keras_nrnn import SDERNN, LipschitzCell
 
 ATOL = 1e-5
-
-
-def _perturb(model, seed=0):
-    rng = np.random.default_rng(seed)
-    model.set_weights(
-        [w + 0.3 * rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()]
-    )
-    return model
 
 
 def _x(batch=3, time=TIME, features=FEATURES, seed=1):
@@ -60,7 +52,7 @@ def _numpy_lipschitz_sequence(cell, x):
 def test_stacked_lipschitz_matches_numpy_in_sequence_and_streaming():
     keras.utils.set_random_seed(0)
     c1, c2 = LipschitzCell(UNITS, dt=0.2), LipschitzCell(UNITS, dt=0.3)
-    model = _perturb(
+    model = perturb(
         keras.Sequential(
             [
                 keras.Input((TIME, FEATURES)),
@@ -90,7 +82,7 @@ def test_stacked_lipschitz_matches_numpy_in_sequence_and_streaming():
 def test_every_cell_stacked_with_sequence_output(kind):
     """RNN(seq) -> RNN(seq) -> per-step Dense: sequence == Keras; step t == sequence[:, t]."""
     keras.utils.set_random_seed(0)
-    model = _perturb(
+    model = perturb(
         keras.Sequential(
             [
                 keras.Input((None, FEATURES)),
@@ -114,7 +106,7 @@ def test_every_cell_stacked_with_sequence_output(kind):
 
 def test_bidirectional_has_no_streaming_and_matches_keras():
     keras.utils.set_random_seed(0)
-    model = _perturb(
+    model = perturb(
         keras.Sequential(
             [
                 keras.Input((TIME, FEATURES)),
@@ -137,7 +129,7 @@ def test_bidirectional_has_no_streaming_and_matches_keras():
 
 def test_masking_padded_sequence_and_streaming_of_real_steps():
     keras.utils.set_random_seed(0)
-    model = _perturb(
+    model = perturb(
         keras.Sequential(
             [
                 keras.Input((TIME, FEATURES)),
@@ -167,7 +159,7 @@ def test_several_inputs_and_outputs():
     h = keras.layers.Concatenate()([h, aux_in])
     label = keras.layers.Dense(CLASSES, activation="softmax", name="label")(h)
     beats = keras.layers.Dense(2, name="beats")(h_seq)
-    model = _perturb(keras.Model([seq_in, aux_in], [label, beats]))
+    model = perturb(keras.Model([seq_in, aux_in], [label, beats]))
     im = build_inference_model(model)
     assert list(im.input_names) == ["signal", "aux"]
     assert im.output_names()[:3] == ["label_logits", "label_probabilities", "label_classes"]
