@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 ONNX_SEQUENCE_FILE = "model.onnx"
 ONNX_STREAMING_FILE = "model_streaming.onnx"
+#: With the default `onnx_time_steps="auto"` on a fast-path model of fixed length T:
+#: `model.onnx` answers any length (`hybrid`, like `serving_default`), and this file holds
+#: the plain unrolled graph for T only (no `If`: the fastest at batch 1).
+ONNX_FIXED_FILE = "model_fixed.onnx"
 _RESERVED_METADATA = {
     "name",
     "version",
@@ -230,11 +234,16 @@ def export_model(
             im.streaming_reason,
         )
     options = {
-        "onnx_time_steps": _resolve_time_steps(onnx_time_steps, im, auto="fixed"),
+        "onnx_time_steps": _resolve_time_steps(onnx_time_steps, im, auto="hybrid"),
         "savedmodel_time_steps": _resolve_time_steps(savedmodel_time_steps, im, auto="hybrid"),
         "savedmodel_jit_compile": savedmodel_jit_compile,
         "tflite_time_steps": "fixed" if im.time_steps is not None else "dynamic",
     }
+    options["onnx_fixed_time_file"] = (
+        ONNX_FIXED_FILE
+        if "onnx" in fmt and onnx_time_steps == "auto" and options["onnx_time_steps"] == "hybrid"
+        else None
+    )
     x = _check_sample_inputs(sample_inputs, im)
     if name is None:
         name = _default_name(source.source, im.original.name)
@@ -356,6 +365,15 @@ def _write_export(
             opset=DEFAULT_OPSET,
             dim_names=sequence_dim_names(im),
         )
+        if options["onnx_fixed_time_file"]:
+            convert_function(
+                im.sequence_function(time_mode="fixed"),
+                im.sequence_inputs(fixed_time=True),
+                tmp / ONNX_FIXED_FILE,
+                output_names=im.output_names(),
+                opset=DEFAULT_OPSET,
+                dim_names=sequence_dim_names(im),
+            )
         if im.streaming:
             convert_function(
                 im.step_function(),

@@ -460,6 +460,16 @@ def verify_export(
             if random_ops:
                 errors.append(f"random ops in {file}: {random_ops[:10]}")
         results["onnx"] = run_onnx(version_dir, feeds, im)
+        if (version_dir / "model_fixed.onnx").exists():  # the unrolled graph for T only
+            fixed = _session(version_dir / "model_fixed.onnx")
+            results["onnx_fixed_time"] = {"sequence": fixed(feeds)}
+            report["model_fixed.onnx_random_ops"] = find_random_onnx_ops(
+                onnx.load(str(version_dir / "model_fixed.onnx"))
+            )
+            if report["model_fixed.onnx_random_ops"]:
+                errors.append(
+                    f"random ops in model_fixed.onnx: {report['model_fixed.onnx_random_ops']}"
+                )
     if "tflite" in formats:
         from export.tflite_export import run_tflite
 

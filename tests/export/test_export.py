@@ -75,6 +75,7 @@ def test_layout(exported):
         "assets.extra",
         "assets.extra/tf_serving_warmup_requests",
         "model.onnx",
+        "model_fixed.onnx",
         "model_streaming.onnx",
     }
     assert expected <= files
@@ -138,14 +139,15 @@ def test_metadata(exported):
     assert meta["export_options"] == {
         "savedmodel_time_steps": "hybrid",
         "savedmodel_jit_compile": False,
-        "onnx_time_steps": "fixed",
+        "onnx_time_steps": "hybrid",
+        "onnx_fixed_time_file": "model_fixed.onnx",
     }
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", meta["exported_at"])
 
 
 def test_no_random_ops(exported):
     assert find_random_tf_ops(exported.path) == []
-    for file in ("model.onnx", "model_streaming.onnx"):
+    for file in ("model.onnx", "model_fixed.onnx", "model_streaming.onnx"):
         assert find_random_onnx_ops(onnx.load(str(exported.path / file))) == []
 
 
@@ -155,10 +157,15 @@ def test_onnx_models(exported):
     assert [i.name for i in seq.graph.input] == ["inputs"]
     dims = seq.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][2] == FEATURES
-    # Default for a model of fixed length: unrolled, time fixed to T, dynamic batch, no Loop.
-    assert dims[0].dim_param and dims[1].dim_value == TIME
+    # Default for a model of fixed length: any length (If: unrolled for T, Loop otherwise),
+    # axes named as in metadata.json; model_fixed.onnx: unrolled, time fixed to T, no loop.
+    assert [d.dim_param for d in dims[:2]] == ["batch", "time"]
     assert sorted(o.name for o in seq.graph.output) == ["classes", "logits", "probabilities"]
-    assert "Loop" not in onnx_op_types(seq) and "If" not in onnx_op_types(seq)
+    assert {"If", "Loop"} <= onnx_op_types(seq)
+    fixed = onnx.load(str(exported.path / "model_fixed.onnx"))
+    dims = fixed.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and dims[1].dim_value == TIME
+    assert "Loop" not in onnx_op_types(fixed) and "If" not in onnx_op_types(fixed)
     step = onnx.load(str(exported.path / "model_streaming.onnx"))
     onnx.checker.check_model(step, full_check=True)
     assert sorted(i.name for i in step.graph.input) == ["inputs", "state"]
@@ -191,13 +198,16 @@ def test_keras_savedmodel_onnx_agree(exported):
         np.testing.assert_allclose(
             sm["streaming"]["new_state"], ox["streaming"]["new_state"], atol=ATOL
         )
-    # A time axis of another length than the model was built for: the SavedModel ("hybrid")
-    # runs its while loop, equal to streaming; the fixed-length ONNX model refuses it.
+    # A time axis of another length than the model was built for: the SavedModel and
+    # model.onnx (both "hybrid") run their loops, equal to streaming and to each other; the
+    # unrolled model_fixed.onnx refuses it.
     x = inputs(batch=2, time=5, seed=3)
     sm = run_saved_model(exported.path, x, UNITS)
+    ox = run_onnx(exported.path, x, UNITS)
     for key in ("logits", "probabilities", "classes"):
         np.testing.assert_allclose(sm["streaming"][key], sm["sequence"][key], atol=ATOL)
-    sess = ort.InferenceSession(str(exported.path / "model.onnx"))
+        np.testing.assert_allclose(ox["sequence"][key], sm["sequence"][key], atol=ATOL)
+    sess = ort.InferenceSession(str(exported.path / "model_fixed.onnx"))
     with pytest.raises(Exception, match=r"(?i)dimension|shape"):
         sess.run(None, {"inputs": x})
 
