@@ -24,7 +24,7 @@ from export.onnx_export import (
     sequence_dim_names,
     step_dim_names,
 )
-from export.options import FORMATS, check_time_steps, check_version, parse_formats
+from export.options import DEFAULT_FORMATS, FORMATS, check_time_steps, check_version, parse_formats
 from export.savedmodel import save_inference_model
 from export.verify import SavedModelCliCheck, default_sample_feeds, verify_export
 from export.warmup import WARMUP_FILE, warmup_requests, write_warmup_file
@@ -132,7 +132,7 @@ def export_model(
     *,
     name: str | None = None,
     version: int | None = None,
-    formats: Iterable[str] | str = FORMATS,
+    formats: Iterable[str] | str = DEFAULT_FORMATS,
     metadata: dict | None = None,
     sample_inputs: np.ndarray | None = None,
     onnx_time_steps: str = "auto",
@@ -159,7 +159,8 @@ def export_model(
             folder's name, else the `.keras` file's stem, else the model's name).
         version: the version folder (integer >= 1); default: one more than the largest
             existing. An existing version is never overwritten.
-        formats: subset of `("savedmodel", "onnx")` (or a comma-separated string).
+        formats: subset of `("savedmodel", "onnx", "tflite")` (or a comma-separated
+            string); default `("savedmodel", "onnx")`.
         metadata: extra JSON-serializable keys for `metadata.json` (must not redefine the
             standard keys).
         sample_inputs: float32 (batch, time, features) inputs for verification and warm-up;
@@ -237,7 +238,7 @@ def export_model(
         "onnx_time_steps": _resolve_time_steps(onnx_time_steps, im, auto="hybrid"),
         "savedmodel_time_steps": _resolve_time_steps(savedmodel_time_steps, im, auto="hybrid"),
         "savedmodel_jit_compile": savedmodel_jit_compile,
-        "tflite_time_steps": "fixed" if im.time_steps is not None else "dynamic",
+        "tflite_time_steps": "dynamic" if im.path == "fast" else "fixed",
     }
     options["onnx_fixed_time_file"] = (
         ONNX_FIXED_FILE
@@ -386,4 +387,6 @@ def _write_export(
     if "tflite" in fmt:
         from export.tflite_export import write_tflite
 
-        write_tflite(tmp, im, options["tflite_time_steps"])
+        meta_tflite = write_tflite(tmp, im)
+        if meta_tflite["tflite_time_steps"] != options["tflite_time_steps"]:
+            raise ExportError("internal: TFLite time mode differs from the metadata")

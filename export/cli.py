@@ -1,5 +1,5 @@
 """Command line: `python -m export MODEL_OR_RUN_DIR --out EXPORT_BASE [--name NAME]
-[--version N] [--formats savedmodel,onnx] [--onnx-time-steps auto|dynamic|fixed|hybrid]
+[--version N] [--formats savedmodel,onnx,tflite] [--onnx-time-steps auto|dynamic|fixed|hybrid]
 [--savedmodel-time-steps auto|dynamic|fixed|hybrid] [--savedmodel-jit]`.
 
 Prints the version folder on stdout and exits 0. A bad command line -- an unknown flag, a bad
@@ -83,7 +83,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--version", type=int, default=None, help="version number (default: next integer)"
     )
     parser.add_argument(
-        "--formats", default="savedmodel,onnx", help="comma-separated: savedmodel,onnx"
+        "--formats",
+        default="savedmodel,onnx",
+        help="comma-separated: savedmodel,onnx,tflite (default savedmodel,onnx)",
     )
     parser.add_argument(
         "--onnx-time-steps",

@@ -121,6 +121,7 @@ class GraphInferenceModel:
     streaming_reason: str | None = None
     recurrent_layers: list[str] = field(default_factory=list)
     path: str = "general"
+    _unrolled: GraphInferenceModel | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------ shape information
     @property
@@ -288,6 +289,28 @@ class GraphInferenceModel:
         specs = self.sequence_inputs(fixed_time=time_mode == "fixed")
         return _named_function("serving_default", self.sequence, specs, jit_compile)
 
+    def tflite_sequence_function(self):
+        """`tf.function` of the whole sequence for TFLite: every RNN unrolled (Keras's own
+        `unroll=True` loop), the model's fixed T; no loop op, no TensorList."""
+        if self.time_steps is None:
+            raise ExportError(
+                "TFLite export of this model needs a fixed input length (keras.Input((T, "
+                "features))): its recurrent layers are unrolled for TFLite (the Keras RNN loop "
+                "holds TensorList ops that TFLite's builtin ops cannot run with a dynamic batch)."
+            )
+        if self._unrolled is None:
+            serving, _ = _serving_model(self.model, self.input_shapes, unroll=True)
+            self._unrolled = GraphInferenceModel(
+                model=self.model,
+                original=self.original,
+                serving=serving,
+                input_names=self.input_names,
+                input_shapes=self.input_shapes,
+                outputs=self.outputs,
+            )
+        specs = self.sequence_inputs(fixed_time=True)
+        return _named_function("serving_default", self._unrolled.sequence, specs, False)
+
     def step_function(self):
         """`tf.function` of `step` with the named input signature."""
         if not self.streaming:
@@ -372,6 +395,36 @@ def _named_function(name: str, fn, specs: list[tf.TensorSpec], jit_compile: bool
     return tf.function(namespace[name], input_signature=specs, jit_compile=jit_compile or None)
 
 
+def _serving_model(rebuilt: keras.Model, input_shapes: list, unroll: bool = False):
+    """The serving copy of `rebuilt`: rebuilt again with each output's softmax taken off
+    (SDERNN layers as keras.layers.RNN: see rebuild_float32; `unroll`: every RNN unrolled),
+    cells frozen. Returns `(functional model of the pre-softmax outputs, outputs)`."""
+    from export.inference_model import rebuild_float32
+
+    lin = rebuild_float32(rebuilt, sdernn_as_rnn=True, unroll=unroll)
+    for cell in _sde_cells(lin):
+        cell.freeze()
+    lin_fm = _functional(lin)
+    outputs, serving_outputs = [], []
+    for tensor in lin_fm.outputs:
+        layer = tensor._keras_history.operation
+        prefix = "" if len(lin_fm.outputs) == 1 else f"{_safe_name(layer.name)}_"
+        softmax = False
+        value = tensor
+        if isinstance(layer, keras.layers.Softmax) or (
+            isinstance(layer, keras.layers.Activation) and _is_softmax_fn(layer.activation)
+        ):
+            if len(layer._inbound_nodes) == 1:
+                value, softmax = layer.input, True
+        elif _is_softmax_fn(getattr(layer, "activation", None)) and len(layer._inbound_nodes) == 1:
+            layer.activation = keras.activations.linear
+            softmax = True
+        per_step = len(tensor.shape) == 3 and any(len(s) == 2 for s in input_shapes)
+        outputs.append((prefix, softmax, per_step))
+        serving_outputs.append(value)
+    return keras.Model(lin_fm.inputs, serving_outputs, name=f"{rebuilt.name}_serving"), outputs
+
+
 def build_graph_inference_model(model: keras.Model, rebuilt: keras.Model) -> GraphInferenceModel:
     """The general inference model of `model` (`rebuilt`: its float32 copy).
 
@@ -416,33 +469,7 @@ def build_graph_inference_model(model: keras.Model, rebuilt: keras.Model) -> Gra
     if len(set(input_names)) != len(input_names):
         input_names = [f"inputs_{i}" for i in range(len(input_names))]
 
-    # The serving copy: a second rebuild with each output's softmax taken off (and SDERNN
-    # layers as keras.layers.RNN: see rebuild_float32).
-    from export.inference_model import rebuild_float32
-
-    lin = rebuild_float32(rebuilt, sdernn_as_rnn=True)
-    for cell in _sde_cells(lin):
-        cell.freeze()
-    lin_fm = _functional(lin)
-    outputs, serving_outputs = [], []
-    for i, tensor in enumerate(lin_fm.outputs):
-        layer = tensor._keras_history.operation
-        prefix = "" if len(lin_fm.outputs) == 1 else f"{_safe_name(layer.name)}_"
-        softmax = False
-        value = tensor
-        if isinstance(layer, keras.layers.Softmax) or (
-            isinstance(layer, keras.layers.Activation) and _is_softmax_fn(layer.activation)
-        ):
-            if len(layer._inbound_nodes) == 1:
-                value, softmax = layer.input, True
-        elif _is_softmax_fn(getattr(layer, "activation", None)) and len(layer._inbound_nodes) == 1:
-            layer.activation = keras.activations.linear
-            softmax = True
-        per_step = len(tensor.shape) == 3 and any(len(s) == 2 for s in input_shapes)
-        outputs.append((prefix, softmax, per_step))
-        serving_outputs.append(value)
-        del i
-    serving = keras.Model(lin_fm.inputs, serving_outputs, name=f"{model.name}_serving")
+    serving, outputs = _serving_model(rebuilt, input_shapes)
 
     im = GraphInferenceModel(
         model=rebuilt,

@@ -263,13 +263,29 @@ def _sdernn_as_rnn(obj: Any) -> Any:
     return obj
 
 
-def rebuild_float32(model: keras.Model, sdernn_as_rnn: bool = False) -> keras.Model:
+def _unrolled_rnns(obj: Any) -> Any:
+    """A copy of a serialized config with `unroll=True` on every `keras.layers.RNN`."""
+    if isinstance(obj, dict):
+        out = {k: _unrolled_rnns(v) for k, v in obj.items()}
+        if obj.get("class_name") == "RNN" and isinstance(out.get("config"), dict):
+            out["config"]["unroll"] = True
+        return out
+    if isinstance(obj, list):
+        return [_unrolled_rnns(v) for v in obj]
+    return obj
+
+
+def rebuild_float32(
+    model: keras.Model, sdernn_as_rnn: bool = False, unroll: bool = False
+) -> keras.Model:
     """Rebuild `model` from its config under a float32 policy and copy its weights.
 
     Args:
         model: a built Keras model (any dtype policy, including mixed precision).
         sdernn_as_rnn: rebuild `keras_nrnn.SDERNN` layers as `keras.layers.RNN` around the
             same cell (same weights, same inference outputs).
+        unroll: rebuild every `keras.layers.RNN` with `unroll=True` (Keras's own Python loop
+            over a fixed time length: no loop op, no TensorList; for TFLite).
 
     Returns:
         A new model with the same architecture and weights, computing in float32.
@@ -288,6 +304,8 @@ def rebuild_float32(model: keras.Model, sdernn_as_rnn: bool = False) -> keras.Mo
     serialized = _float32_config(keras.saving.serialize_keras_object(model))
     if sdernn_as_rnn:
         serialized = _sdernn_as_rnn(serialized)
+    if unroll:
+        serialized = _unrolled_rnns(serialized)
     try:
         with _global_policy("float32"):
             rebuilt = keras.saving.deserialize_keras_object(serialized)
@@ -645,6 +663,14 @@ class InferenceModel:
             input_signature=self.sequence_signature(fixed_time=time_mode == "fixed"),
             jit_compile=jit_compile or None,
         )
+
+    def tflite_sequence_function(self) -> tf.types.experimental.PolymorphicFunction:
+        """The whole sequence for TFLite: the `dynamic` graph (a builtin `WHILE`; any length).
+
+        Not `hybrid`: TFLite prepares both branches of an `IF`, and the unrolled one cannot
+        be prepared for another length.
+        """
+        return self.sequence_function(time_mode="dynamic")
 
     def step_function(self) -> tf.types.experimental.PolymorphicFunction:
         """`tf.function` of `step` with its named input signature."""

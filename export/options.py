@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "DEFAULT_FORMATS",
     "FORMATS",
     "TIME_STEPS_CHOICES",
     "check_keras_archive",
@@ -15,7 +16,9 @@ __all__ = [
     "parse_formats",
 ]
 
-FORMATS = ("savedmodel", "onnx")
+FORMATS = ("savedmodel", "onnx", "tflite")
+#: What `export_model` writes when `formats` is not given (TFLite on request).
+DEFAULT_FORMATS = ("savedmodel", "onnx")
 
 #: How a whole-sequence graph loops over time: `auto` (the measured default of each format),
 #: `dynamic` (a loop over any length), `fixed` (unrolled for the model's length only),

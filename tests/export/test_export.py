@@ -398,8 +398,8 @@ def test_cli_errors(tmp_path):
     proc = _run_cli(tmp_path / "missing.keras", "--out", tmp_path / "out")
     assert proc.returncode == 2
     assert "missing.keras" in proc.stderr and "does not exist" in proc.stderr
-    proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--formats", "savedmodel,tflite")
-    assert proc.returncode == 2 and "tflite" in proc.stderr
+    proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--formats", "savedmodel,tfjs")
+    assert proc.returncode == 2 and "tfjs" in proc.stderr
     proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--version", "0")
     assert proc.returncode == 2 and "version" in proc.stderr
     proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--onnx-time-steps", "unrolled")
@@ -435,8 +435,8 @@ def test_bad_inputs_leave_nothing(tmp_path, exported):
     )
     with pytest.raises(ExportError, match="no keras_nrnn cell"):
         export_model(gru, base)
-    with pytest.raises(ValueError, match="tflite"):
-        export_model(exported.model, base, formats=("savedmodel", "tflite"))
+    with pytest.raises(ValueError, match="tfjs"):
+        export_model(exported.model, base, formats=("savedmodel", "tfjs"))
     with pytest.raises(ValueError, match="version"):
         export_model(exported.model, base, version=0)
     with pytest.raises(ValueError, match="onnx_time_steps"):

@@ -112,7 +112,8 @@ def _feeds(im_inputs: dict, batch=3):
 def test_shape_exports_to_savedmodel_onnx_and_reference_runtime(shape, tmp_path):
     keras.utils.set_random_seed(0)
     model = perturb(SHAPES[shape]())
-    path = export_model(model, tmp_path)  # verified at export (Keras vs SavedModel vs ORT)
+    # Verified at export: Keras vs SavedModel vs onnxruntime vs tf.lite.Interpreter.
+    path = export_model(model, tmp_path, formats="savedmodel,onnx,tflite")
     meta = json.loads((path / "assets" / "metadata.json").read_text())
     streaming = shape != "bidirectional"
     assert ("streaming_step" in meta["signatures"]) == streaming
@@ -148,6 +149,17 @@ def test_shape_exports_to_savedmodel_onnx_and_reference_runtime(shape, tmp_path)
     if shape == "stacked":  # ends in a softmax: compared as probabilities
         first = "probabilities"
     np.testing.assert_allclose(sm["sequence"][first], keras_out[0], atol=ATOL)
+    lite = tf.lite.Interpreter(model_path=str(path / "model.tflite"))
+    lite_out = lite.get_signature_runner("serving_default")(**feeds)
+    lite_ops = {op["op_name"] for op in lite._get_ops_details()}
+    assert not [op for op in lite_ops if "FLEX" in op.upper() or "CUSTOM" in op.upper()]
+    for key in out_names:
+        np.testing.assert_allclose(lite_out[key], sm["sequence"][key], atol=ATOL)
+    if shape == "single":  # the default SavedModel converts to builtins (no EnsureShape)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(path), ["serving_default"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner()
+        np.testing.assert_allclose(runner(**feeds)["logits"], keras_out[0], atol=ATOL)
     for key in out_names:
         np.testing.assert_allclose(ort["sequence"][key], sm["sequence"][key], atol=ATOL)
         np.testing.assert_allclose(ref["sequence"][key], sm["sequence"][key], atol=ATOL)
@@ -159,8 +171,6 @@ def test_shape_exports_to_savedmodel_onnx_and_reference_runtime(shape, tmp_path)
         want = meta["signatures"]["serving_default"][
             "inputs" if value.name in seq_inputs else "outputs"
         ][value.name]
-        if meta["export_path"] == "fast" and "time" in want:  # the fast ONNX is unrolled
-            want = [TIME if d == "time" else d for d in want]
         assert dims == want, value.name
 
     if not streaming:
@@ -169,7 +179,7 @@ def test_shape_exports_to_savedmodel_onnx_and_reference_runtime(shape, tmp_path)
     step_in = {
         n: f[:, 0] if _Im.is_sequence_input(i) else f for i, (n, f) in enumerate(feeds.items())
     }
-    for runtime in ("savedmodel", "onnxruntime"):
+    for runtime in ("savedmodel", "onnxruntime", "tflite"):
         for batch_x, batch_s in ((7, 1), (1, 7)):
             bad = {n: np.repeat(v[:1], batch_x, axis=0) for n, v in step_in.items()}
             bad.update({s["name"]: np.zeros((batch_s, s["size"]), np.float32) for s in states})
@@ -177,12 +187,16 @@ def test_shape_exports_to_savedmodel_onnx_and_reference_runtime(shape, tmp_path)
                 if runtime == "savedmodel":
                     fn = tf.saved_model.load(str(path)).signatures["streaming_step"]
                     fn(**{k: tf.constant(v) for k, v in bad.items()})
+                elif runtime == "tflite":
+                    lite = tf.lite.Interpreter(model_path=str(path / "model_streaming.tflite"))
+                    lite.get_signature_runner("streaming_step")(**bad)
                 else:
                     import onnxruntime as ort_module
 
                     sess = ort_module.InferenceSession(str(path / "model_streaming.onnx"))
                     sess.run(None, bad)
-            assert "batch" in str(info.value).lower() or "reshape" in str(info.value).lower()
+            message = str(info.value).lower()
+            assert "batch" in message or "reshape" in message, message
 
 
 def test_corrupt_keras_file_is_a_clear_usage_error(tmp_path):

@@ -61,7 +61,7 @@ def test_parse_formats(formats, expected):
     assert parse_formats(formats) == expected
 
 
-@pytest.mark.parametrize("formats", ["", "tflite", ["onnx", "pb"], ()])
+@pytest.mark.parametrize("formats", ["", "tfjs", ["onnx", "pb"], ()])
 def test_parse_formats_rejects(formats):
     with pytest.raises(ValueError, match="formats"):
         parse_formats(formats)
