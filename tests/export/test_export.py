@@ -303,6 +303,7 @@ def test_alternative_time_steps_and_jit(tmp_path, exported):
         "savedmodel_time_steps": "fixed",
         "savedmodel_jit_compile": True,
         "onnx_time_steps": "dynamic",
+        "onnx_fixed_time_file": None,
     }
     assert _xla_functions(path) and not _xla_functions(exported.path)
     seq = onnx.load(str(path / "model.onnx"))
