@@ -11,8 +11,7 @@ import pytest
 from keras import ops
 
 import keras_nrnn
-from keras_nrnn import registry
-from keras_nrnn import LipschitzCell, NoisyLipschitzCell
+from keras_nrnn import LipschitzCell, NoisyLipschitzCell, registry
 from keras_nrnn.cells.base import SDECell
 
 UNITS = 8
