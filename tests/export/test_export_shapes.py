@@ -217,7 +217,8 @@ def test_corrupt_keras_file_is_a_clear_usage_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_mid_export_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_export_leaves_nothing(signum, tmp_path):
     keras.utils.set_random_seed(0)
     model_file = tmp_path / "m.keras"
     _stacked().save(model_file)
@@ -241,7 +242,7 @@ def test_sigterm_mid_export_leaves_nothing(tmp_path):
     children = subprocess.run(
         ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
     ).stdout.split()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "nothing was written" in stderr

@@ -193,3 +193,15 @@ def test_batch_mismatch_fails_inside_the_graph(path):
                 inputs=np.zeros((batch_x, FEATURES), np.float32),
                 **{name: np.zeros((batch_s, UNITS), np.float32)},
             )
+
+
+def test_tflite_of_a_general_model_needs_a_fixed_length():
+    model = keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            keras.layers.RNN(LipschitzCell(UNITS), return_sequences=True),
+            keras.layers.Dense(CLASSES),
+        ]
+    )
+    with pytest.raises(ExportError, match="fixed input length"):
+        build_inference_model(model).tflite_sequence_function()
