@@ -141,3 +141,21 @@ def test_fit_with_noise_and_jit_works_on_this_backend(x):
     history = model.fit(x, np.zeros((BATCH, 2), "float32"), epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     assert model.predict(x, verbose=0).shape == (BATCH, 2)  # still usable afterwards
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a tf.function signature")
+def test_unknown_sequence_length_in_a_tf_function(x):
+    """A graph traced for any T (as export and TF Serving do) runs every step."""
+    import tensorflow as tf
+
+    entry = registry.get("nrnn").entry
+    fast, plain = pair(entry, noisy=True, return_sequences=True)
+    build_both(fast, plain, x)
+    spec = [tf.TensorSpec((None, None, FEATURES))]
+    for training in (False, True):
+        fn = tf.function(lambda s, t=training: fast(s, training=t), input_signature=spec)
+        longer = np.concatenate([x, x], axis=1)
+        out = np_(fn(longer))
+        assert out.shape == (BATCH, 2 * TIME, entry.make().units)
+        if not training:
+            np.testing.assert_allclose(out, np_(plain(longer)), rtol=1e-5, atol=1e-6)
