@@ -48,3 +48,19 @@ def test_core_suite_passes_on_backend(backend):
     passed = int(re.search(r"(\d+) passed", summary).group(1))
     assert passed >= 150, summary  # the subset really ran on this backend
     print(f"{backend}: {summary}")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_library_imports_without_tensorflow(backend):
+    """keras_nrnn is keras + numpy: on another backend, using it never imports TensorFlow."""
+    code = (
+        "import sys, numpy as np, keras, keras_nrnn\n"
+        "layer = keras_nrnn.SDERNN(keras_nrnn.NoisyLipschitzCell(4, additive_noise=0.1, seed=0))\n"
+        "layer(np.ones((2, 3, 1), 'float32'), training=True)\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
