@@ -34,13 +34,44 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["next_key", "normal", "reserve_keys", "step_keys", "uniform", "variates"]
+__all__ = [
+    "REPLICA_STRIDE",
+    "next_key",
+    "normal",
+    "reserve_keys",
+    "step_keys",
+    "uniform",
+    "variates",
+]
 
 _INT32_MAX = 2**31 - 1
 
 
+#: Replica `r` of a `tf.distribute` strategy uses the keys shifted by `(r * REPLICA_STRIDE, 0)`.
+REPLICA_STRIDE = 1_000_003
+
+
+def _replica_shift(keys):
+    """Fold the `tf.distribute` replica into the keys, so that each replica of a mirrored
+    generator (the same state on every replica) draws its own Brownian path; replica 0 and
+    code outside a strategy keep the keys unchanged."""
+    if keras.backend.backend() != "tensorflow":
+        return keys
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return keys
+    context = tf.distribute.get_replica_context()
+    if context is None:  # cross-replica context: no replica of its own
+        return keys
+    replica = tf.cast(context.replica_id_in_sync_group, keys.dtype)
+    return keys + replica * tf.constant([REPLICA_STRIDE, 0], keys.dtype)
+
+
 def next_key(seed_generator: keras.random.SeedGenerator):
     """The key of the next step, advancing `seed_generator` by one (a stateful op).
+
+    Under a `tf.distribute` strategy the key is shifted by the replica (`REPLICA_STRIDE`).
 
     Example:
 
@@ -50,7 +81,7 @@ def next_key(seed_generator: keras.random.SeedGenerator):
     >>> [int(v) for v in np.asarray(k1) - np.asarray(k0)]
     [0, 1]
     """
-    return seed_generator.next()
+    return _replica_shift(seed_generator.next())
 
 
 def step_keys(base, steps):
@@ -88,7 +119,7 @@ def reserve_keys(seed_generator: keras.random.SeedGenerator, steps):
     base = ops.convert_to_tensor(state.value) * 1
     steps_t = ops.cast(steps, state.dtype)
     state.assign(state.value + ops.stack([ops.zeros_like(steps_t), steps_t]))
-    return step_keys(base, steps)
+    return step_keys(_replica_shift(base), steps)
 
 
 def normal(shape, dtype, key):

@@ -17,11 +17,11 @@ same optimisation). See docs/distributed-training.md.
 
 Noise: the cells draw their training noise from a `keras.random.SeedGenerator` whose state is a
 mirrored variable, identical on every replica, so without care every replica would draw the
-*same* noise for its part of the batch. `fold_replica_into_noise(model)` makes each generator
-add `REPLICA_SEED_STRIDE * replica_id` to the first (seed) component of every seed it hands out,
-so replica r draws from its own stream, a deterministic function of (seed, r, step): the run is
-still reproducible from its seed, and replica 0 draws what a one-replica run would draw for a
-batch of the per-replica size.
+*same* noise for its part of the batch. The Brownian source folds the replica into its keys
+(`keras_nrnn.brownian`: replica r adds `REPLICA_STRIDE * r` to the first key word), so replica r
+draws from its own stream, a deterministic function of (seed, r, step): the run is still
+reproducible from its seed, and replica 0 draws what a one-replica run would draw for a batch
+of the per-replica size.
 """
 
 from __future__ import annotations
@@ -33,13 +33,11 @@ from typing import Any
 
 __all__ = [
     "CPU_REPLICAS_ENV",
-    "REPLICA_SEED_STRIDE",
     "STRATEGIES",
     "DistributeConfigError",
     "add_strategy_arguments",
     "check_strategy_args",
     "configure_cpu_replicas",
-    "fold_replica_into_noise",
     "is_chief",
     "jit_supported",
     "make_strategy",
@@ -52,7 +50,6 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 CPU_REPLICAS_ENV = "KERAS_NRNN_CPU_REPLICAS"
 # Added (times the replica id) to the seed component of every noise seed: far beyond any seed
 # a run uses, prime so that no two (seed, replica) pairs of a sweep share a stream.
-REPLICA_SEED_STRIDE = 1_000_003
 
 
 class DistributeConfigError(ValueError):
@@ -245,94 +242,6 @@ def is_chief() -> bool:
     return kind == "worker" and index == 0
 
 
-def _replica_offset(key):
-    """`[REPLICA_SEED_STRIDE * replica_id, 0]` in the dtype of `key` (0 outside a replica)."""
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    if context is None:  # cross-replica context: no replica of its own
-        return tf.zeros([2], key.dtype)
-    replica = tf.cast(context.replica_id_in_sync_group, key.dtype)
-    return replica * tf.constant([REPLICA_SEED_STRIDE, 0], key.dtype)
-
-
-def _replica_folded_class(base: type) -> type:
-    class ReplicaFoldedSeedGenerator(base):
-        """A SeedGenerator whose seeds differ per replica (see `fold_replica_into_noise`)."""
-
-        _folds_replica = True
-
-        def next(self, ordered=True):
-            seed = super().next(ordered=ordered)
-            return seed + _replica_offset(seed)
-
-    ReplicaFoldedSeedGenerator.__name__ = base.__name__  # same name in reprs and errors
-    return ReplicaFoldedSeedGenerator
-
-
-def _fold_layer_keys(layer) -> bool:
-    """Fold the replica into the keys a sequence layer reserves before its loop (SDERNN)."""
-    reserve = getattr(layer, "_reserve_keys", None)
-    if reserve is None or getattr(reserve, "_folds_replica", False):
-        return False
-
-    def reserve_keys(steps):
-        keys = reserve(steps)  # (steps, 2)
-        return keys + _replica_offset(keys)[None, :]
-
-    reserve_keys._folds_replica = True
-    layer._reserve_keys = reserve_keys
-    return True
-
-
-def _seed_generators(model) -> list:
-    import keras
-
-    found: dict[int, Any] = {}
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for value in list(vars(layer).values()):
-            if isinstance(value, keras.random.SeedGenerator):
-                found[id(value)] = value
-    return list(found.values())
-
-
-def fold_replica_into_noise(model) -> int:
-    """Make every noise source of `model` give each replica its own Brownian path.
-
-    The cells take the keys of their noise from a `keras.random.SeedGenerator` whose state is
-    mirrored (the same on every replica): per step through `SeedGenerator.next()` (a cell in
-    `keras.layers.RNN`), or all keys of a sequence at once (`keras_nrnn.SDERNN`'s
-    `_reserve_keys`). Both then hand replica r the keys shifted by
-    `[REPLICA_SEED_STRIDE * r, 0]`, with `r = tf.distribute.get_replica_context()
-    .replica_id_in_sync_group` (0 outside `strategy.run`, so a one-replica run is unchanged).
-    The generator's state, its checkpointed value and the saved model are unchanged.
-
-    Args:
-        model: a built Keras model (its layers and cells are searched).
-
-    Returns:
-        The number of generators and sequence layers changed.
-
-    Example:
-
-    >>> import keras_nrnn, keras
-    >>> cell = keras_nrnn.NoisyLipschitzCell(4, additive_noise=0.1, seed=0)
-    >>> m = keras.Sequential([keras.Input((3, 1)), keras.layers.RNN(cell)])
-    >>> fold_replica_into_noise(m)
-    1
-    """
-    generators = _seed_generators(model)
-    changed = 0
-    for gen in generators:
-        if not getattr(type(gen), "_folds_replica", False):
-            gen.__class__ = _replica_folded_class(type(gen))
-            changed += 1
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        if getattr(layer, "cell", None) is not None and getattr(layer.cell, "seed_generator", None):
-            changed += _fold_layer_keys(layer)
-    return changed
-
-
 def runner_strategy(args: argparse.Namespace) -> tuple[Any, bool]:
     """The strategy of a runner's validated `args` and whether this process writes the run.
 
@@ -431,7 +340,8 @@ def jit_supported(strategy: Any) -> bool:
 def prepare_model(model: Any, strategy: Any) -> None:
     """Make a model built under `strategy` train correctly on it (call before `compile`).
 
-    - Several replicas: `fold_replica_into_noise`, so that each replica draws its own noise.
+    - Several replicas draw their own noise without help (`keras_nrnn.brownian` folds the
+      replica into the Brownian keys).
     - `MultiWorkerMirroredStrategy`: two Keras 3.15 bugs make `fit` fail there
       (tensorflow/tensorflow#72388). It builds its metrics from one batch reduced with
       `strategy.reduce("MEAN", (x, y))` ("Attempt to convert a value (PerReplica...)"): the
@@ -453,7 +363,6 @@ def prepare_model(model: Any, strategy: Any) -> None:
         return
     import tensorflow as tf
 
-    fold_replica_into_noise(model)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return
     original = model._maybe_symbolic_build

@@ -466,7 +466,7 @@ def train_seed(
         strategy: a `tf.distribute.Strategy` (`training.distribute.make_strategy`) to build,
             compile and fit the model under; None: the default (one device). With several
             replicas `settings.batch_size` is the global batch and every noise generator
-            draws its own stream per replica (`training.distribute.fold_replica_into_noise`).
+            draws its own stream per replica (`keras_nrnn.brownian` folds the replica in).
         write: write the seed folder (checkpoint, model, history, TensorBoard); False for
             the non-chief workers of a multi-worker run, which resume from the chief's
             checkpoint in the same folder and write nothing.

@@ -16,19 +16,16 @@ HP = {"units": 8, "dt": 0.1, "additive_noise": 0.3, "multiplicative_noise": 0.1}
 T = 12
 
 
-def per_replica_outputs(strategy, fold: bool, seed: int, layer: str, training: bool = True) -> list:
+def per_replica_outputs(strategy, seed: int, layer: str, training: bool = True) -> list:
     """Outputs of every replica on the SAME input batch (first two calls)."""
     import keras
     import tensorflow as tf
 
-    from training import distribute
     from training.models import build_model
 
     keras.utils.set_random_seed(seed)
     with strategy.scope():
         model = build_model("nrnn", HP, seed=seed, timesteps=T, classes=2, layer=layer)
-        if fold:
-            distribute.fold_replica_into_noise(model)
     x = tf.constant(np.linspace(-1, 1, 4 * T, dtype="float32").reshape(4, T, 1))
     rnn = model.get_layer("rnn")
 
@@ -50,11 +47,10 @@ def noise() -> dict:
     out = {"replicas": mirrored.num_replicas_in_sync}
     for layer in ("sdernn", "rnn"):  # keys reserved per sequence / drawn per step
         out[layer] = {
-            "folded": per_replica_outputs(mirrored, True, 5, layer),
-            "folded_again": per_replica_outputs(mirrored, True, 5, layer),
-            "unfolded": per_replica_outputs(mirrored, False, 5, layer),
-            "inference": per_replica_outputs(mirrored, True, 5, layer, training=False),
-            "single": per_replica_outputs(single, False, 5, layer),
+            "folded": per_replica_outputs(mirrored, 5, layer),
+            "folded_again": per_replica_outputs(mirrored, 5, layer),
+            "inference": per_replica_outputs(mirrored, 5, layer, training=False),
+            "single": per_replica_outputs(single, 5, layer),
         }
     return out
 
