@@ -1,4 +1,4 @@
-"""Export of keras_nrnn classifiers: noise-free SavedModel (TF Serving) and ONNX, verified.
+"""Export of keras_nrnn models: noise-free SavedModel (TF Serving), ONNX and TFLite, verified.
 
 `export_model(model_or_path, base_dir)` writes `base_dir/<version>/` with
 

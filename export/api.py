@@ -18,10 +18,15 @@ from atomic_io import atomic_directory, atomic_write_text
 from export.errors import ExportError
 from export.inference_model import InferenceModel, build_inference_model, load_source
 from export.metadata import METADATA_FILE, build_metadata, to_json
-from export.onnx_export import DEFAULT_OPSET, convert_function
-from export.options import FORMATS, check_time_steps, check_version, parse_formats
+from export.onnx_export import (
+    DEFAULT_OPSET,
+    convert_function,
+    sequence_dim_names,
+    step_dim_names,
+)
+from export.options import DEFAULT_FORMATS, FORMATS, check_time_steps, check_version, parse_formats
 from export.savedmodel import save_inference_model
-from export.verify import SavedModelCliCheck, default_sample_inputs, verify_export
+from export.verify import SavedModelCliCheck, default_sample_feeds, verify_export
 from export.warmup import WARMUP_FILE, warmup_requests, write_warmup_file
 
 __all__ = ["FORMATS", "export_model", "next_version", "parse_formats"]
@@ -30,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 ONNX_SEQUENCE_FILE = "model.onnx"
 ONNX_STREAMING_FILE = "model_streaming.onnx"
+#: With the default `onnx_time_steps="auto"` on a fast-path model of fixed length T:
+#: `model.onnx` answers any length (`hybrid`, like `serving_default`), and this file holds
+#: the plain unrolled graph for T only (no `If`: the fastest at batch 1).
+ONNX_FIXED_FILE = "model_fixed.onnx"
 _RESERVED_METADATA = {
     "name",
     "version",
@@ -65,30 +74,56 @@ def next_version(base_dir: str | Path) -> int:
     return max(versions, default=0) + 1
 
 
-def _check_sample_inputs(sample_inputs: Any, im: InferenceModel) -> np.ndarray:
+def _check_sample_inputs(sample_inputs: Any, im) -> dict:
+    """The verification inputs as a dict by input name (an array is the one input)."""
     if sample_inputs is None:
-        return default_sample_inputs(im.features, im.time_steps)
-    x = np.asarray(sample_inputs)
-    if (
-        x.ndim != 3
-        or x.shape[0] < 1
-        or x.shape[1] < 1
-        or x.shape[2] != im.features
-        or not np.issubdtype(x.dtype, np.number)
-    ):
+        return default_sample_feeds(im)
+    if not isinstance(sample_inputs, dict):
+        if len(im.input_names) != 1:
+            raise ValueError(
+                f"Argument `sample_inputs` must be a dict keyed by the model's inputs "
+                f"{list(im.input_names)}; received a {type(sample_inputs).__name__}."
+            )
+        sample_inputs = {im.input_names[0]: sample_inputs}
+    if sorted(sample_inputs) != sorted(im.input_names):
         raise ValueError(
-            "Argument `sample_inputs` must be a numeric array of shape (batch >= 1, time >= 1, "
-            f"{im.features}); received shape {x.shape} and dtype {x.dtype}."
+            f"Argument `sample_inputs` must have the keys {sorted(im.input_names)}; received "
+            f"{sorted(sample_inputs)}."
         )
-    if im.time_steps is not None and x.shape[1] != im.time_steps:
-        raise ValueError(
-            f"Argument `sample_inputs` must have {im.time_steps} time steps (the model's input "
-            f"length); received shape {x.shape}."
+    feeds, batch = {}, None
+    for i, (name, shape) in enumerate(zip(im.input_names, im.input_shapes, strict=True)):
+        x = np.asarray(sample_inputs[name])
+        want = (
+            (im.time_steps if im.time_steps is not None else "time >= 1", *shape[1:])
+            if im.is_sequence_input(i)
+            else tuple(shape)
         )
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise ValueError("Argument `sample_inputs` must be finite (it holds NaN or inf).")
-    return x
+        ok = (
+            np.issubdtype(x.dtype, np.number)
+            and x.ndim == len(want) + 1
+            and x.shape[0] >= 1
+            and all(
+                (x.shape[j + 1] >= 1) if isinstance(w, str) or w is None else x.shape[j + 1] == w
+                for j, w in enumerate(want)
+            )
+        )
+        if not ok:
+            raise ValueError(
+                f"Argument `sample_inputs` ({name!r}) must be a numeric array of shape "
+                f"(batch >= 1, {', '.join(map(str, want))}); received shape {x.shape} and "
+                f"dtype {x.dtype}."
+            )
+        if batch is not None and x.shape[0] != batch:
+            raise ValueError(
+                f"Argument `sample_inputs` ({name!r}) must have batch {batch} like the other "
+                f"inputs; received shape {x.shape}."
+            )
+        batch = x.shape[0]
+        x = x.astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("Argument `sample_inputs` must be finite (it holds NaN or inf).")
+        feeds[name] = x
+    return feeds
 
 
 def export_model(
@@ -97,7 +132,7 @@ def export_model(
     *,
     name: str | None = None,
     version: int | None = None,
-    formats: Iterable[str] | str = FORMATS,
+    formats: Iterable[str] | str = DEFAULT_FORMATS,
     metadata: dict | None = None,
     sample_inputs: np.ndarray | None = None,
     onnx_time_steps: str = "auto",
@@ -124,7 +159,8 @@ def export_model(
             folder's name, else the `.keras` file's stem, else the model's name).
         version: the version folder (integer >= 1); default: one more than the largest
             existing. An existing version is never overwritten.
-        formats: subset of `("savedmodel", "onnx")` (or a comma-separated string).
+        formats: subset of `("savedmodel", "onnx", "tflite")` (or a comma-separated
+            string); default `("savedmodel", "onnx")`.
         metadata: extra JSON-serializable keys for `metadata.json` (must not redefine the
             standard keys).
         sample_inputs: float32 (batch, time, features) inputs for verification and warm-up;
@@ -173,9 +209,7 @@ def export_model(
             )
         clash = sorted(_RESERVED_METADATA & set(metadata))
         if clash:
-            raise ValueError(
-                f"Argument `metadata` must not redefine the standard keys {clash}."
-            )
+            raise ValueError(f"Argument `metadata` must not redefine the standard keys {clash}.")
     if version is not None:
         version = check_version(version)
     if name is not None and (not isinstance(name, str) or not name.strip()):
@@ -192,11 +226,25 @@ def export_model(
 
     source = load_source(model_or_path)
     im = build_inference_model(source.model)
+    if not im.streaming:
+        logger.warning(
+            "export of %r: no streaming_step signature (and no %s): %s; only the "
+            "whole-sequence signature is written.",
+            im.original.name,
+            ONNX_STREAMING_FILE,
+            im.streaming_reason,
+        )
     options = {
-        "onnx_time_steps": _resolve_time_steps(onnx_time_steps, im, auto="fixed"),
+        "onnx_time_steps": _resolve_time_steps(onnx_time_steps, im, auto="hybrid"),
         "savedmodel_time_steps": _resolve_time_steps(savedmodel_time_steps, im, auto="hybrid"),
         "savedmodel_jit_compile": savedmodel_jit_compile,
+        "tflite_time_steps": "dynamic" if im.path == "fast" else "fixed",
     }
+    options["onnx_fixed_time_file"] = (
+        ONNX_FIXED_FILE
+        if "onnx" in fmt and onnx_time_steps == "auto" and options["onnx_time_steps"] == "hybrid"
+        else None
+    )
     x = _check_sample_inputs(sample_inputs, im)
     if name is None:
         name = _default_name(source.source, im.original.name)
@@ -213,10 +261,9 @@ def export_model(
         extra=metadata,
         onnx_opset=DEFAULT_OPSET if "onnx" in fmt else None,
     )
-    meta["export_options"] = {
-        k: v for k, v in options.items() if k.split("_")[0] in fmt
-    }
-    created_base = not base.exists()
+    meta["export_options"] = {k: v for k, v in options.items() if k.split("_")[0] in fmt}
+    # The folders this export creates (base and missing parents), removed again on failure.
+    created = [p for p in (base.absolute(), *base.absolute().parents) if not p.exists()]
     final = base / str(version)
     try:
         with atomic_directory(final) as tmp:
@@ -230,10 +277,10 @@ def export_model(
                     check.cancel()
             _make_readable(tmp)
             logger.info("export %s verified: %s", final, report)
-    except BaseException:
-        if created_base:
+    except BaseException:  # also KeyboardInterrupt and the CLI's SIGTERM (export.cli)
+        for folder in created:  # deepest first; only if still empty
             with contextlib.suppress(OSError):
-                base.rmdir()  # only if still empty
+                folder.rmdir()
         raise
     return final
 
@@ -242,7 +289,14 @@ def _resolve_time_steps(value: str, im: InferenceModel, auto: str) -> str:
     """The time mode for `value`: `auto` -> `auto` if the model's length is fixed, else
     `"dynamic"`; `"fixed"`/`"hybrid"` need a fixed length (`ExportError` otherwise)."""
     if value == "auto":
+        if im.path == "general":
+            return "dynamic"
         return auto if im.time_steps is not None else "dynamic"
+    if value == "hybrid" and im.path == "general":
+        raise ExportError(
+            f"Time steps 'hybrid' are for single-layer models (the fast path); model "
+            f"{im.original.name!r} takes the general path: use 'dynamic', 'fixed' or 'auto'."
+        )
     if value != "dynamic" and im.time_steps is None:
         raise ExportError(
             f"Time steps {value!r} need a model with a fixed input length "
@@ -293,25 +347,46 @@ def _write_export(
                 jit_compile=options["savedmodel_jit_compile"],
             )
         write_warmup_file(
-            tmp / "assets.extra" / WARMUP_FILE, warmup_requests(name, x, im.state_size)
+            tmp / "assets.extra" / WARMUP_FILE,
+            warmup_requests(
+                name, x, {st.name: st.size for st in im.states}, streaming=im.streaming
+            ),
         )
-        started.append(SavedModelCliCheck(tmp))  # runs while the ONNX models are converted
+        # Runs while the ONNX models are converted.
+        started.append(SavedModelCliCheck(tmp, streaming=im.streaming))
     else:
         atomic_write_text(tmp / "assets" / METADATA_FILE, meta_text)
     if "onnx" in fmt:
-        out_keys = ["logits", "probabilities", "classes"]
         onnx_mode = options["onnx_time_steps"]
         convert_function(
             im.sequence_function(time_mode=onnx_mode),
-            im.sequence_signature(fixed_time=onnx_mode == "fixed"),
+            im.sequence_inputs(fixed_time=onnx_mode == "fixed"),
             tmp / ONNX_SEQUENCE_FILE,
-            output_names=out_keys,
+            output_names=im.output_names(),
             opset=DEFAULT_OPSET,
+            dim_names=sequence_dim_names(im),
         )
-        convert_function(
-            im.step_function(),
-            im.step_signature(),
-            tmp / ONNX_STREAMING_FILE,
-            output_names=["new_state", *out_keys],
-            opset=DEFAULT_OPSET,
-        )
+        if options["onnx_fixed_time_file"]:
+            convert_function(
+                im.sequence_function(time_mode="fixed"),
+                im.sequence_inputs(fixed_time=True),
+                tmp / ONNX_FIXED_FILE,
+                output_names=im.output_names(),
+                opset=DEFAULT_OPSET,
+                dim_names=sequence_dim_names(im),
+            )
+        if im.streaming:
+            convert_function(
+                im.step_function(),
+                im.step_inputs(),
+                tmp / ONNX_STREAMING_FILE,
+                output_names=im.output_names(streaming=True),
+                opset=DEFAULT_OPSET,
+                dim_names=step_dim_names(im),
+            )
+    if "tflite" in fmt:
+        from export.tflite_export import write_tflite
+
+        meta_tflite = write_tflite(tmp, im)
+        if meta_tflite["tflite_time_steps"] != options["tflite_time_steps"]:
+            raise ExportError("internal: TFLite time mode differs from the metadata")

@@ -1,5 +1,5 @@
 """Command line: `python -m export MODEL_OR_RUN_DIR --out EXPORT_BASE [--name NAME]
-[--version N] [--formats savedmodel,onnx] [--onnx-time-steps auto|dynamic|fixed|hybrid]
+[--version N] [--formats savedmodel,onnx,tflite] [--onnx-time-steps auto|dynamic|fixed|hybrid]
 [--savedmodel-time-steps auto|dynamic|fixed|hybrid] [--savedmodel-jit]`.
 
 Prints the version folder on stdout and exits 0. A bad command line -- an unknown flag, a bad
@@ -14,16 +14,33 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from export.errors import ExportError
-from export.options import TIME_STEPS_CHOICES, check_version, parse_formats
+from export.options import (
+    TIME_STEPS_CHOICES,
+    check_keras_archive,
+    check_version,
+    parse_formats,
+)
 
 __all__ = ["EXIT_EXPORT_FAILED", "EXIT_USAGE", "main", "make_parser"]
 
 EXIT_USAGE = 2
 EXIT_EXPORT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that the export cleans up as on Ctrl-C
+    (temporary version folder, created parent folders, the `saved_model_cli` child)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    del frame
+    raise Terminated(f"terminated by signal {signum}")
 
 
 def _check_out(out: str) -> None:
@@ -66,7 +83,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--version", type=int, default=None, help="version number (default: next integer)"
     )
     parser.add_argument(
-        "--formats", default="savedmodel,onnx", help="comma-separated: savedmodel,onnx"
+        "--formats",
+        default="savedmodel,onnx",
+        help="comma-separated: savedmodel,onnx,tflite (default savedmodel,onnx)",
     )
     parser.add_argument(
         "--onnx-time-steps",
@@ -101,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.model).exists():
             raise ExportError(f"Model path {args.model!r} does not exist.")
         _check_out(args.out)
+        archive = Path(args.model)
+        if archive.is_dir():
+            archive = archive / "model.keras"
+        if archive.is_file() and archive.suffix == ".keras":
+            problem = check_keras_archive(str(archive))
+            if problem:
+                raise ExportError(problem)
     except (ExportError, ValueError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
@@ -108,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     from export.api import export_model
 
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         path = export_model(
             args.model,
@@ -122,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, ValueError, OSError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_EXPORT_FAILED
+    except (KeyboardInterrupt, Terminated) as err:
+        what = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
+        print(f"error: export {what}; nothing was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(path)
     return 0
 

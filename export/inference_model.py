@@ -49,7 +49,13 @@ import keras_nrnn
 from export.errors import ExportError
 from keras_nrnn.cells.base import SDECell
 
-__all__ = ["InferenceModel", "LoadedSource", "build_inference_model", "load_source"]
+__all__ = [
+    "InferenceModel",
+    "LoadedSource",
+    "build_inference_model",
+    "fast_path_reason",
+    "load_source",
+]
 
 #: How the whole-sequence graph loops over time (see `InferenceModel.sequence`).
 TIME_MODES = ("dynamic", "fixed", "hybrid")
@@ -173,6 +179,11 @@ def load_source(model_or_path: keras.Model | str | Path) -> LoadedSource:
             f"Model path {str(path)!r} is not a .keras file or a run folder containing "
             f"{RUN_MODEL_FILE}."
         )
+    from export.options import check_keras_archive
+
+    problem = check_keras_archive(str(path))
+    if problem:
+        raise ExportError(problem)
     import_cell_modules()
     try:
         model = keras.saving.load_model(path, compile=False)
@@ -180,9 +191,7 @@ def load_source(model_or_path: keras.Model | str | Path) -> LoadedSource:
         raise ExportError(f"Cannot load the Keras model {str(path)!r}: {err}") from err
     if not isinstance(model, keras.Model):
         raise ExportError(f"{str(path)!r} does not hold a keras.Model (got {type(model)}).")
-    return LoadedSource(
-        model=model, source=str(path), training_config=config, results=results
-    )
+    return LoadedSource(model=model, source=str(path), training_config=config, results=results)
 
 
 # --------------------------------------------------------------------------- rebuild
@@ -221,11 +230,62 @@ def _global_policy(name: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def rebuild_float32(model: keras.Model) -> keras.Model:
+def _sdernn_as_rnn(obj: Any) -> Any:
+    """A copy of a serialized config with every `SDERNN` layer as `keras.layers.RNN`.
+
+    The two layers hold the same cell with the same weights in the same order and give the
+    same inference outputs (SDERNN's contract); `keras.layers.RNN` also traces with a dynamic
+    time axis inside a `tf.function` (SDERNN does not, in keras_nrnn today).
+    """
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "SDERNN" and isinstance(obj.get("config"), dict):
+            cfg = obj["config"]
+            keep = (
+                "name",
+                "trainable",
+                "dtype",
+                "cell",
+                "return_sequences",
+                "return_state",
+                "go_backwards",
+                "unroll",
+            )
+            return {
+                "module": "keras.layers",
+                "class_name": "RNN",
+                "config": {k: _sdernn_as_rnn(cfg[k]) for k in keep if k in cfg},
+                "registered_name": None,
+                **({"build_config": obj["build_config"]} if "build_config" in obj else {}),
+            }
+        return {k: _sdernn_as_rnn(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_sdernn_as_rnn(v) for v in obj]
+    return obj
+
+
+def _unrolled_rnns(obj: Any) -> Any:
+    """A copy of a serialized config with `unroll=True` on every `keras.layers.RNN`."""
+    if isinstance(obj, dict):
+        out = {k: _unrolled_rnns(v) for k, v in obj.items()}
+        if obj.get("class_name") == "RNN" and isinstance(out.get("config"), dict):
+            out["config"]["unroll"] = True
+        return out
+    if isinstance(obj, list):
+        return [_unrolled_rnns(v) for v in obj]
+    return obj
+
+
+def rebuild_float32(
+    model: keras.Model, sdernn_as_rnn: bool = False, unroll: bool = False
+) -> keras.Model:
     """Rebuild `model` from its config under a float32 policy and copy its weights.
 
     Args:
         model: a built Keras model (any dtype policy, including mixed precision).
+        sdernn_as_rnn: rebuild `keras_nrnn.SDERNN` layers as `keras.layers.RNN` around the
+            same cell (same weights, same inference outputs).
+        unroll: rebuild every `keras.layers.RNN` with `unroll=True` (Keras's own Python loop
+            over a fixed time length: no loop op, no TensorList; for TFLite).
 
     Returns:
         A new model with the same architecture and weights, computing in float32.
@@ -242,6 +302,10 @@ def rebuild_float32(model: keras.Model) -> keras.Model:
     """
     import_cell_modules()
     serialized = _float32_config(keras.saving.serialize_keras_object(model))
+    if sdernn_as_rnn:
+        serialized = _sdernn_as_rnn(serialized)
+    if unroll:
+        serialized = _unrolled_rnns(serialized)
     try:
         with _global_policy("float32"):
             rebuilt = keras.saving.deserialize_keras_object(serialized)
@@ -490,7 +554,8 @@ class InferenceModel:
             steps = self._fixed_time()
             return tf.cond(
                 tf.equal(tf.shape(x)[1], steps),
-                lambda: self._unrolled(tf.ensure_shape(x, [None, steps, x.shape[-1]])),
+                # A reshape, not tf.ensure_shape: EnsureShape is no TFLite builtin.
+                lambda: self._unrolled(tf.reshape(x, [-1, steps, x.shape[-1]])),
                 lambda: self._while(x),
             )
         if time_mode == "fixed":
@@ -529,10 +594,17 @@ class InferenceModel:
         return self._head(output)
 
     def step(self, inputs, state) -> dict:
-        """One streaming step: `inputs` (batch, features), `state` (batch, state_size)."""
+        """One streaming step: `inputs` (batch, features), `state` (batch, state_size).
+
+        A `state` whose batch differs from that of `inputs` fails inside the graph
+        (`export.general._same_batch`), in every runtime.
+        """
+        from export.general import _same_batch
+
         x = tf.convert_to_tensor(inputs, tf.float32)
-        x = self._pre(x[:, None, :])[:, 0, :]
         state = tf.convert_to_tensor(state, tf.float32)
+        state = _same_batch(state, tf.shape(x)[0], "state", "inputs", size=self.state_size)
+        x = self._pre(x[:, None, :])[:, 0, :]
         if len(self.state_sizes) == 1:
             states = [state]
         else:
@@ -592,6 +664,14 @@ class InferenceModel:
             jit_compile=jit_compile or None,
         )
 
+    def tflite_sequence_function(self) -> tf.types.experimental.PolymorphicFunction:
+        """The whole sequence for TFLite: the `dynamic` graph (a builtin `WHILE`; any length).
+
+        Not `hybrid`: TFLite prepares both branches of an `IF`, and the unrolled one cannot
+        be prepared for another length.
+        """
+        return self.sequence_function(time_mode="dynamic")
+
     def step_function(self) -> tf.types.experimental.PolymorphicFunction:
         """`tf.function` of `step` with its named input signature."""
 
@@ -619,6 +699,64 @@ class InferenceModel:
     def cell_configs(self) -> list[dict]:
         """Serialized configs of the model's keras_nrnn cells (one)."""
         return [keras.saving.serialize_keras_object(self.cell)]
+
+    # ---------------------------------------------------------------- common interface
+    # (shared with export.general.GraphInferenceModel; used by api, verify, metadata)
+    path = "fast"
+    streaming_reason = None
+    streaming = True
+    input_names = ("inputs",)
+
+    @property
+    def input_shapes(self) -> list[tuple]:
+        """Shape of the one input without its batch axis."""
+        return [(self.time_steps, self.features)]
+
+    @property
+    def states(self) -> list:
+        """The one streaming state tensor, `state` (all of the cell's states concatenated)."""
+        from export.general import StateSpec
+
+        return [StateSpec(name="state", layer=self.rnn_layer.name, parts=list(self.state_sizes))]
+
+    @property
+    def recurrent_layers(self) -> list[str]:
+        """The name of the recurrent layer."""
+        return [self.rnn_layer.name]
+
+    def output_names(self, streaming: bool = False) -> list[str]:
+        """The signature output names."""
+        names = ["logits", "probabilities", "classes"]
+        return ["new_state", *names] if streaming else names
+
+    def output_shapes(self) -> dict[str, list]:
+        """Whole-sequence output shapes by name."""
+        c = self.num_classes
+        return {"logits": ["batch", c], "probabilities": ["batch", c], "classes": ["batch"]}
+
+    def per_step_outputs(self) -> set[str]:
+        """No output has a time axis."""
+        return set()
+
+    def is_sequence_input(self, index: int) -> bool:
+        """The one input has a time axis."""
+        return index == 0
+
+    def sequence_inputs(self, fixed_time: bool = False) -> list[tf.TensorSpec]:
+        """Alias of `sequence_signature`."""
+        return self.sequence_signature(fixed_time=fixed_time)
+
+    def step_inputs(self) -> list[tf.TensorSpec]:
+        """Alias of `step_signature`."""
+        return self.step_signature()
+
+    def reference(self, feeds: dict) -> dict:
+        """`keras_reference` of `feeds["inputs"]`."""
+        return self.keras_reference(feeds["inputs"])
+
+    def original_outputs(self, feeds: dict) -> list[np.ndarray]:
+        """`[original_reference(feeds["inputs"])]`."""
+        return [self.original_reference(feeds["inputs"])]
 
 
 def check_time_mode(time_mode: str) -> str:
@@ -676,10 +814,10 @@ def _foldable_lipschitz(cell: SDECell) -> bool:
         isinstance(cell, LipschitzCell)
         and cls.call is SDECell.call
         and cls.drift is SDECell.drift
-        and cls.integrate is SDECell.integrate
+        and cls.step is SDECell.step
         and cls.drift_projected is LipschitzCell.drift_projected
         and cls.project_inputs is LipschitzCell.project_inputs
-        and cell.scheme in ("euler_maruyama", "research")
+        and cell.scheme == "euler_maruyama"
         and cell._frozen_cache is not None
         and "recurrent_kernel" in cell._frozen_cache
         and "dt" in cell._frozen_cache
@@ -690,7 +828,116 @@ def _model_layers(model: keras.Model) -> list:
     return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
 
-def build_inference_model(model: keras.Model) -> InferenceModel:
+def _is_chain(model: keras.Model) -> bool:
+    """Whether the layers of `model` form one chain (each consumes the previous one's output)."""
+    if isinstance(model, keras.Sequential):
+        return True
+    layers = _model_layers(model)
+    if len(model.inputs) != 1 or not layers:
+        return False
+    previous = model.inputs[0]
+    for layer in layers:
+        if len(layer._inbound_nodes) != 1:
+            return False
+        node = layer._inbound_nodes[0]
+        if len(node.input_tensors) != 1 or node.input_tensors[0] is not previous:
+            return False
+        if len(node.outputs) != 1:
+            return False
+        previous = node.outputs[0]
+    return previous is model.outputs[0]
+
+
+def fast_path_reason(model: keras.Model) -> str | None:
+    """Why `model` does not fit the fast (folded, hoisted) path, or None if it does.
+
+    The fast path takes one chain: (batch, time, features) -> per-step layers -> one
+    `keras.layers.RNN`/`SDERNN` around a keras_nrnn cell with `return_sequences`,
+    `return_state` and `go_backwards` False -> per-sample head -> (batch, classes), no
+    `Masking`. Every other model takes the general path (`export.general`).
+
+    Example:
+
+    >>> import keras
+    >>> from keras_nrnn import LipschitzCell
+    >>> m = keras.Sequential([keras.Input((5, 2)), keras.layers.RNN(LipschitzCell(4)),
+    ...                       keras.layers.Dense(3)])
+    >>> fast_path_reason(m) is None
+    True
+    """
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return "several inputs or outputs"
+    if len(model.inputs[0].shape) != 3 or len(model.outputs[0].shape) != 2:
+        return "not a (batch, time, features) -> (batch, classes) model"
+    if not _is_chain(model):
+        return "the layers are not one chain"
+    layers = _model_layers(model)
+    rnn = [layer for layer in layers if _rnn_cell(layer)]
+    cells = [layer for layer in layers if _contains_sde_cell(layer)]
+    if len(rnn) != 1 or len(cells) != 1:
+        return "not exactly one top-level recurrent layer with a keras_nrnn cell"
+    for option in ("return_sequences", "return_state", "go_backwards"):
+        if getattr(rnn[0], option, False):
+            return f"the recurrent layer has {option}=True"
+    if any(
+        isinstance(layer, keras.layers.Masking | keras.layers.RNN) and layer is not rnn[0]
+        for layer in layers
+    ):
+        return "a Masking layer or another recurrent layer"
+    return None
+
+
+def build_inference_model(model: keras.Model, path: str = "auto"):
+    """The inference model of `model`: the fast path if it fits, else the general path.
+
+    Args:
+        model: a built Keras model with keras_nrnn cells.
+        path: `"auto"` (fast when `fast_path_reason(model)` is None), `"fast"` (an
+            `ExportError` if it does not fit) or `"general"` (`export.general`).
+
+    Returns:
+        An `InferenceModel` (fast) or an `export.general.GraphInferenceModel`.
+
+    Raises:
+        ExportError: not a built model, no keras_nrnn cell, or `path="fast"` on a model that
+            does not fit.
+
+    Example:
+
+    >>> import keras
+    >>> from keras_nrnn import LipschitzCell
+    >>> m = keras.Sequential([keras.Input((5, 2)),
+    ...     keras.layers.RNN(LipschitzCell(4), return_sequences=True), keras.layers.Dense(3)])
+    >>> build_inference_model(m).path
+    'general'
+    """
+    if path not in ("auto", "fast", "general"):
+        raise ValueError(
+            f"Argument `path` must be 'auto', 'fast' or 'general'; received path={path!r}."
+        )
+    if not isinstance(model, keras.Model):
+        raise ExportError(f"Expected a keras.Model; received {type(model).__name__}.")
+    if not model.built or not getattr(model, "inputs", None):
+        raise ExportError(
+            f"Model {model.name!r} is not built with a known input (build it on "
+            "(batch, time, features) inputs, e.g. with keras.Input, before exporting)."
+        )
+    if not _contains_sde_cell(model):
+        raise ExportError(
+            f"Model {model.name!r} has no keras_nrnn cell: expected keras.layers.RNN, "
+            "keras_nrnn.SDERNN or Bidirectional layers around keras_nrnn cells (SDECell)."
+        )
+    reason = fast_path_reason(model)
+    if path == "fast" and reason is not None:
+        raise ExportError(f"Model {model.name!r} does not fit the fast export path: {reason}.")
+    if path == "general" or reason is not None:
+        from export.general import build_graph_inference_model
+
+        return build_graph_inference_model(model, rebuild_float32(model))
+    return _build_fast(model)
+
+
+def _build_fast(model: keras.Model) -> InferenceModel:
     """Rebuild `model` in float32, split it into pre / RNN / head, and freeze its cell.
 
     Args:
@@ -713,13 +960,6 @@ def build_inference_model(model: keras.Model) -> InferenceModel:
     >>> (im.features, im.state_size, im.num_classes, im.cell.frozen)
     (2, 4, 3, True)
     """
-    if not isinstance(model, keras.Model):
-        raise ExportError(f"Expected a keras.Model; received {type(model).__name__}.")
-    if not model.built or not getattr(model, "inputs", None):
-        raise ExportError(
-            f"Model {model.name!r} is not built with a known input (build it on "
-            "(batch, time, features) inputs, e.g. with keras.Input, before exporting)."
-        )
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ExportError(
             f"Model {model.name!r} must have one input and one output; it has "

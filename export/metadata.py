@@ -69,6 +69,37 @@ def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=default) + "\n"
 
 
+def signature_metadata(im) -> dict:
+    """Input and output shapes of each signature (`"batch"`, `"time"` or a size).
+
+    Example:
+
+    >>> import keras
+    >>> from keras_nrnn import LipschitzCell
+    >>> from export.inference_model import build_inference_model
+    >>> m = keras.Sequential([keras.Input((5, 2)), keras.layers.RNN(LipschitzCell(4)),
+    ...                       keras.layers.Dense(3)])
+    >>> signature_metadata(build_inference_model(m))["streaming_step"]["inputs"]
+    {'inputs': ['batch', 2], 'state': ['batch', 4]}
+    """
+    seq_inputs, step_inputs = {}, {}
+    for i, (name, shape) in enumerate(zip(im.input_names, im.input_shapes, strict=True)):
+        rest = list(shape[1:]) if im.is_sequence_input(i) else list(shape)
+        seq_inputs[name] = ["batch", *(["time"] if im.is_sequence_input(i) else []), *rest]
+        step_inputs[name] = ["batch", *rest]
+    outputs = im.output_shapes()
+    signatures = {"serving_default": {"inputs": seq_inputs, "outputs": outputs}}
+    if im.streaming:
+        per_step = im.per_step_outputs()
+        step_outputs = {f"new_{st.name}": ["batch", st.size] for st in im.states}
+        for key, dims in outputs.items():
+            step_outputs[key] = [d for j, d in enumerate(dims) if not (j == 1 and key in per_step)]
+        for st in im.states:
+            step_inputs[st.name] = ["batch", st.size]
+        signatures["streaming_step"] = {"inputs": step_inputs, "outputs": step_outputs}
+    return signatures
+
+
 def build_metadata(
     im: InferenceModel,
     *,
@@ -113,25 +144,14 @@ def build_metadata(
         "formats": list(formats),
         "outputs_from": "logits" if im.softmax_mode is None else "softmax",
         "onnx_opset": onnx_opset,
-        "signatures": {
-            "serving_default": {
-                "inputs": {"inputs": ["batch", "time", im.features]},
-                "outputs": {
-                    "logits": ["batch", im.num_classes],
-                    "probabilities": ["batch", im.num_classes],
-                    "classes": ["batch"],
-                },
-            },
-            "streaming_step": {
-                "inputs": {"inputs": ["batch", im.features], "state": ["batch", im.state_size]},
-                "outputs": {
-                    "new_state": ["batch", im.state_size],
-                    "logits": ["batch", im.num_classes],
-                    "probabilities": ["batch", im.num_classes],
-                    "classes": ["batch"],
-                },
-            },
-        },
+        "signatures": signature_metadata(im),
+        "export_path": im.path,
+        "recurrent_layers": list(im.recurrent_layers),
+        "streaming_states": [
+            {"name": st.name, "layer": st.layer, "size": st.size, "parts": list(st.parts)}
+            for st in im.states
+        ],
+        "streaming_unavailable": im.streaming_reason,
     }
     if extra:
         meta.update(extra)

@@ -130,6 +130,7 @@ def convert_function(
     *,
     output_names: Iterable[str],
     opset: int = DEFAULT_OPSET,
+    dim_names: dict[str, list] | None = None,
 ) -> onnx.ModelProto:
     """Convert a `tf.function` to ONNX at `path`, or raise `ExportError`.
 
@@ -139,6 +140,9 @@ def convert_function(
         path: where to write the `.onnx` file (atomically).
         output_names: the expected ONNX output names (the keys of the function's output dict).
         opset: the ONNX opset (default 17).
+        dim_names: per input/output name, a name per axis (`"batch"`, `"time"`, or None
+            to keep it); set as `dim_param` on every axis without a fixed size, so that
+            the dimension names match `metadata.json` instead of tf2onnx's `unk__N`.
 
     Returns:
         The checked `onnx.ModelProto` (also written to `path`).
@@ -183,5 +187,58 @@ def convert_function(
             f"{path.name} has inputs {inputs} and outputs {outputs}; expected "
             f"{sorted(s.name for s in input_signature)} and {sorted(output_names)}."
         )
+    if dim_names:
+        name_dims(model, dim_names)
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as err:
+            raise ExportError(f"{path.name} fails onnx.checker.check_model: {err}") from err
     atomic_write_bytes(path, model.SerializeToString())
     return model
+
+
+def name_dims(model: onnx.ModelProto, dim_names: dict[str, list]) -> onnx.ModelProto:
+    """Set `dim_param` of the graph inputs' and outputs' free axes from `dim_names`.
+
+    Intermediate shape annotations (tf2onnx's `unk__N` symbols) are dropped so that no
+    other symbol contradicts the names.
+
+    Example:
+
+    >>> from onnx import helper, TensorProto
+    >>> g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+    ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["unk__1", 3])])
+    >>> m = name_dims(helper.make_model(g), {"x": ["batch", None], "y": ["batch", None]})
+    >>> m.graph.output[0].type.tensor_type.shape.dim[0].dim_param
+    'batch'
+    """
+    for value in [*model.graph.input, *model.graph.output]:
+        names = dim_names.get(value.name)
+        if not names:
+            continue
+        for dim, dim_name in zip(value.type.tensor_type.shape.dim, names, strict=False):
+            if dim_name is not None and not dim.HasField("dim_value"):
+                dim.dim_param = dim_name
+    del model.graph.value_info[:]
+    return model
+
+
+def _axis_names(dims: list) -> list:
+    return [d if isinstance(d, str) else None for d in dims]
+
+
+def sequence_dim_names(im) -> dict[str, list]:
+    """Axis names of the whole-sequence graph's inputs and outputs (from the metadata)."""
+    from export.metadata import signature_metadata
+
+    sig = signature_metadata(im)["serving_default"]
+    return {k: _axis_names(v) for part in sig.values() for k, v in part.items()}
+
+
+def step_dim_names(im) -> dict[str, list]:
+    """Axis names of the streaming graph's inputs and outputs (from the metadata)."""
+    from export.metadata import signature_metadata
+
+    sig = signature_metadata(im)["streaming_step"]
+    return {k: _axis_names(v) for part in sig.values() for k, v in part.items()}

@@ -6,9 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["FORMATS", "TIME_STEPS_CHOICES", "check_time_steps", "check_version", "parse_formats"]
+__all__ = [
+    "DEFAULT_FORMATS",
+    "FORMATS",
+    "TIME_STEPS_CHOICES",
+    "check_keras_archive",
+    "check_time_steps",
+    "check_version",
+    "parse_formats",
+]
 
-FORMATS = ("savedmodel", "onnx")
+FORMATS = ("savedmodel", "onnx", "tflite")
+#: What `export_model` writes when `formats` is not given (TFLite on request).
+DEFAULT_FORMATS = ("savedmodel", "onnx")
 
 #: How a whole-sequence graph loops over time: `auto` (the measured default of each format),
 #: `dynamic` (a loop over any length), `fixed` (unrolled for the model's length only),
@@ -66,3 +76,33 @@ def check_version(version: Any) -> int:
             f"received version={version!r}."
         )
     return int(version)
+
+
+def check_keras_archive(path: str) -> str | None:
+    """A one-line problem with the `.keras` file `path`, or None if it is a readable zip.
+
+    A `.keras` model is a zip archive (config.json, model.weights.h5, metadata.json); a
+    truncated download or another file renamed to `.keras` is not one.
+
+    Example:
+
+    >>> import tempfile, os
+    >>> f = os.path.join(tempfile.mkdtemp(), "m.keras"); _ = open(f, "wb").write(b"garbage")
+    >>> "not a valid .keras archive" in check_keras_archive(f)
+    True
+    """
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+            if "config.json" in names:
+                return None
+            return f"Model file {path!r} is not a valid .keras archive (a zip without config.json)."
+    except (OSError, zipfile.BadZipFile) as err:
+        return f"Model file {path!r} is not a valid .keras archive ({err})."
+    return (
+        f"Model file {path!r} is not a valid .keras archive (not a zip file: truncated or "
+        "corrupt?)."
+    )

@@ -80,9 +80,7 @@ def find_random_tf_ops(saved_model_dir: str | Path) -> list[str]:
         found += [f"<graph>/{n.name} ({n.op})" for n in graph.node if _is_random_op(n.op)]
         for fn in graph.library.function:
             found += [
-                f"{fn.signature.name}/{n.name} ({n.op})"
-                for n in fn.node_def
-                if _is_random_op(n.op)
+                f"{fn.signature.name}/{n.name} ({n.op})" for n in fn.node_def if _is_random_op(n.op)
             ]
     return found
 
@@ -109,14 +107,16 @@ def save_inference_model(
             TF Serving then needs `--xla_cpu_compilation_enabled=true`).
     """
     sequence = im.sequence_function(time_mode=time_mode, jit_compile=jit_compile)
-    streaming = im.step_function()
     sequence_cf = sequence.get_concrete_function()
-    streaming_cf = streaming.get_concrete_function()
     module = tf.Module()
     module.serving_default = sequence
-    module.streaming_step = streaming
+    signatures = {SEQUENCE_SIGNATURE: sequence_cf}
+    if im.streaming:  # not for Bidirectional models (im.streaming_reason)
+        streaming = im.step_function()
+        module.streaming_step = streaming
+        signatures[STREAMING_SIGNATURE] = streaming.get_concrete_function()
     captured = {}
-    for cf in (sequence_cf, streaming_cf):
+    for cf in signatures.values():
         for var in cf.variables:
             captured[id(var)] = var
     # Track the variables the functions read (head and pre layers), so that they are saved.
@@ -125,5 +125,5 @@ def save_inference_model(
     tf.saved_model.save(
         module,
         str(directory),
-        signatures={SEQUENCE_SIGNATURE: sequence_cf, STREAMING_SIGNATURE: streaming_cf},
+        signatures=signatures,
     )

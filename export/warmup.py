@@ -22,13 +22,17 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_WARMUP_BATCH = 8
 
 
-def warmup_requests(name: str, sample_inputs: np.ndarray, state_size: int) -> list:
+def warmup_requests(name: str, sample_inputs, state_size, streaming: bool = True) -> list:
     """The `PredictionLog` records for `sample_inputs` (batch, time, features).
 
     Args:
         name: the model name put in each request's `model_spec`.
-        sample_inputs: float32 array (batch, time, features).
-        state_size: length of the streaming state vector.
+        sample_inputs: float32 array (batch, time, features), or a dict of arrays by
+            input name (a 3-d array is a sequence input, cut to its first step for
+            `streaming_step`).
+        state_size: length of the streaming state vector, or a dict of state sizes by
+            state name (several recurrent layers).
+        streaming: whether the export has a `streaming_step` signature.
 
     Returns:
         A list of `PredictionLog` messages.
@@ -42,14 +46,18 @@ def warmup_requests(name: str, sample_inputs: np.ndarray, state_size: int) -> li
     """
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    x = np.asarray(sample_inputs, dtype=np.float32)[:MAX_WARMUP_BATCH]
+    if not isinstance(sample_inputs, dict):
+        sample_inputs = {"inputs": sample_inputs}
+    if not isinstance(state_size, dict):
+        state_size = {"state": state_size}
+    feeds = {k: np.asarray(v, np.float32)[:MAX_WARMUP_BATCH] for k, v in sample_inputs.items()}
+    batch = next(iter(feeds.values())).shape[0]
+    step = {k: v[:, 0] if v.ndim == 3 else v for k, v in feeds.items()}
+    step.update({k: np.zeros((batch, n), np.float32) for k, n in state_size.items()})
     payloads = [
-        ("serving_default", {"inputs": x[:1]}),
-        ("serving_default", {"inputs": x}),
-        (
-            "streaming_step",
-            {"inputs": x[:, 0, :], "state": np.zeros((x.shape[0], state_size), np.float32)},
-        ),
+        ("serving_default", {k: v[:1] for k, v in feeds.items()}),
+        ("serving_default", feeds),
+        *([("streaming_step", step)] if streaming else []),
     ]
     logs = []
     for signature, inputs in payloads:

@@ -24,7 +24,8 @@ Backend fast paths, one small function each (`_normal_*`):
   2.3 M normals of one ECG batch). The uniforms lie in `[2^-24, 1)`, so normals stay within
   about 5.3 standard deviations (a tail of probability 1e-7 is clipped).
 - JAX: `jax.random.normal` / `jax.random.uniform` on the raw `uint32[2]` key.
-- PyTorch: a `torch.Generator` seeded from the two key words (the backend runs eagerly).
+- PyTorch: numpy's counter-based Philox keyed by both key words (the backend runs eagerly;
+  torch's own CPU generator keeps only 32 bits of a seed).
 """
 
 from __future__ import annotations
@@ -191,13 +192,17 @@ def _jax_sample(kind: str, shape, dtype, key):
 
 
 def _torch_sample(kind: str, shape, dtype, key):
+    # torch's CPU generator (mt19937) keeps only 32 bits of its seed, so keys differing in
+    # the other word would collide; numpy's Philox takes the whole key and is counter-based,
+    # like the TensorFlow path. The torch backend runs eagerly, so the key is concrete here.
     import torch
     from keras.src.backend.torch.core import get_device, to_torch_dtype
 
     words = [int(v) & 0xFFFFFFFF for v in ops.convert_to_numpy(key).tolist()]
-    generator = torch.Generator(device=get_device())
-    generator.manual_seed((words[0] << 32) | words[1])
-    sampler = torch.randn if kind == "randn" else torch.rand
+    rng = np.random.Generator(np.random.Philox(key=(words[0] << 32) | words[1]))
     shape = tuple(int(s) for s in shape)
-    sample = sampler(shape, generator=generator, device=get_device(), dtype=torch.float32)
-    return sample.to(to_torch_dtype(dtype))
+    if kind == "randn":
+        sample = rng.standard_normal(shape, dtype=np.float32)
+    else:
+        sample = rng.random(shape, dtype=np.float32)
+    return torch.from_numpy(sample).to(device=get_device(), dtype=to_torch_dtype(dtype))

@@ -93,6 +93,7 @@ class EulerMaruyama(Scheme):
     accepts = (DiagonalNoise, ResearchNoise)
 
     def step(self, h, drift, dt, noise, draws):
+        h = ops.convert_to_tensor(h)
         f = drift(h)
         if draws is None or noise is None:
             return h + dt * f
@@ -117,6 +118,7 @@ class TamedEulerMaruyama(Scheme):
     noise_free_is_euler = False
 
     def step(self, h, drift, dt, noise, draws):
+        h = ops.convert_to_tensor(h)
         f = drift(h)
         inc = _explicit_increment(f, dt, noise, None if noise is None else draws)
         norm = ops.sqrt(ops.sum(ops.square(inc), axis=-1, keepdims=True))
@@ -148,6 +150,7 @@ class Milstein(Scheme):
     accepts = (DiagonalNoise,)
 
     def step(self, h, drift, dt, noise, draws):
+        h = ops.convert_to_tensor(h)
         f = drift(h)
         if draws is None or noise is None:
             return h + dt * f

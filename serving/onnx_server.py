@@ -8,6 +8,7 @@ Usage:
         [--batching/--no-batching] [--batch-max-size 64] [--batch-timeout-micros 0]
         [--decode-threads 2] [--max-inflight-bytes 4*MAX_BODY] [--max-connections 1024]
         [--header-timeout-seconds 10] [--body-timeout-seconds 30] [--keep-alive-seconds 5]
+        [--workers 1]
 
 Serves `EXPORT_BASE/<version>/model.onnx` (signature `serving_default`) and
 `model_streaming.onnx` (`streaming_step`) of the newest version(s), polls the folder every
@@ -19,6 +20,12 @@ Prometheus metrics are at `/monitoring/prometheus/metrics` on the REST port. Con
 capped (`--max-connections`, and under the file-descriptor limit) and slow or idle clients are
 closed (`--header-timeout-seconds`, `--body-timeout-seconds`, `--keep-alive-seconds`).
 TensorFlow is not imported (the gRPC protos are loaded without it, see `serving/_protos.py`).
+
+`--workers N` (N > 1) runs N server processes on the same REST and gRPC ports (`SO_REUSEPORT`:
+the kernel spreads new connections over them), each loading the export base and polling it on
+its own, so a new version reaches every worker within `--poll-seconds`. The parent process only
+supervises: it restarts a worker that dies and stops them all on SIGINT/SIGTERM. `/healthz`
+names the answering process (`pid`); metrics are per worker.
 """
 
 from __future__ import annotations
@@ -28,13 +35,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-__all__ = ["build_parser", "main", "serve"]
+__all__ = ["build_parser", "main", "serve", "supervise"]
 
 log = logging.getLogger("serving")
 
@@ -84,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="408 for a body not received within this long (default 30)")
     ap.add_argument("--keep-alive-seconds", type=float, default=5.0,
                     help="close idle keep-alive connections after this long (default 5)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="server processes sharing the REST and gRPC ports (SO_REUSEPORT; "
+                         "default 1)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker
     return ap
 
 
@@ -100,7 +114,8 @@ def _check_args(args: argparse.Namespace) -> None:
         if not value > 0:
             raise SystemExit(f"Argument `--{flag.replace('_', '-')}` must be > 0; received "
                              f"{value}.")
-    for flag in ("decode_threads", "max_connections", "max_body_bytes", "max_batch_size"):
+    for flag in ("decode_threads", "max_connections", "max_body_bytes", "max_batch_size",
+                 "workers"):
         value = getattr(args, flag)
         if value < 1:
             raise SystemExit(f"Argument `--{flag.replace('_', '-')}` must be >= 1; received "
@@ -196,14 +211,106 @@ def serve(args: argparse.Namespace) -> None:
         timeout_keep_alive=args.keep_alive_seconds, limit_concurrency=max_connections + 1,
         h11_max_incomplete_event_size=16 * 1024, backlog=256, log_config=None)
     log.info("REST API on http://%s:%d/v1/models/%s", args.host, args.port, repo.name)
+    sockets = [_reuse_port_socket(args.host, args.port)] if args.reuse_port else None
     try:
-        asyncio.run(uvicorn.Server(config).serve())
+        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
     finally:
         stop.set()
         if grpc_server is not None:
             grpc_server.stop(grace=1).wait(2)
         app.state.decode_pool.shutdown(wait=False, cancel_futures=True)
         repo.close()
+
+
+def _reuse_port_socket(host: str, port: int, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to `host:port` with `SO_REUSEPORT` (shared by the workers)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
+    # socket's proto says TCP (with proto 0, Nagle + delayed ACKs add ~40 ms per response).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise SystemExit(f"Argument `--port` {port}: cannot bind {host}:{port} ({err.strerror})."
+                         ) from None
+    if listen:
+        sock.listen(256)
+    sock.set_inheritable(False)
+    return sock
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`argv` without the given `--flag VALUE` / `--flag=VALUE` pairs."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif not arg.startswith(tuple(f + "=" for f in flags)):
+            out.append(arg)
+    return out
+
+
+def supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run `args.workers` server processes on the same ports until SIGINT/SIGTERM.
+
+    Port 0 is resolved here once (a bound, non-listening `SO_REUSEPORT` socket keeps the port
+    reserved for the workers). A worker that exits while the group is running is restarted
+    (at most once per second per worker).
+
+    Args:
+        args: parsed and checked arguments (`workers` > 1).
+        argv: the command-line arguments, passed on to every worker.
+
+    Returns:
+        0 after a requested stop.
+    """
+    reserved = [_reuse_port_socket(args.host, args.port, listen=False)]
+    port = reserved[0].getsockname()[1]
+    grpc_port = args.grpc_port
+    if grpc_port:
+        reserved.append(_reuse_port_socket(args.host, grpc_port, listen=False))
+        grpc_port = reserved[-1].getsockname()[1]
+    command = [sys.executable, "-m", "serving.onnx_server",
+               *_without(list(argv), ("--workers", "--port", "--grpc-port")),
+               "--port", str(port), "--grpc-port", str(grpc_port), "--reuse-port"]
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    procs: list[subprocess.Popen] = [subprocess.Popen(command) for _ in range(args.workers)]
+    started = [time.monotonic()] * len(procs)
+    log.info("%d workers (pids %s) on REST port %d, gRPC port %d", len(procs),
+             [p.pid for p in procs], port, grpc_port)
+    try:
+        while not stopping.wait(0.2):
+            for i, proc in enumerate(procs):
+                if proc.poll() is not None and time.monotonic() - started[i] > 1.0:
+                    log.warning("Worker %d exited with %s; restarting it.", proc.pid,
+                                proc.returncode)
+                    procs[i], started[i] = subprocess.Popen(command), time.monotonic()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for sock in reserved:
+            sock.close()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     >>> main(["/path/to/export_base", "--port", "8501"])  # doctest: +SKIP
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -228,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.addFilter(RateLimitFilter(10.0))
     _check_args(args)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.workers > 1 and not args.reuse_port:
+        return supervise(args, argv)
     serve(args)
     return 0
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -207,7 +208,7 @@ def create_app(repo: ModelRepository, max_body_bytes: int = 8 << 20,
     async def healthz() -> Response:
         versions = sorted(repo.versions(), reverse=True)
         body: dict[str, Any] = {"status": "ok" if versions else "no model version loaded",
-                                "model": repo.name, "versions": versions}
+                                "model": repo.name, "versions": versions, "pid": os.getpid()}
         if repo.batcher is not None:
             body["batching"] = {"batches_run": repo.batcher.batches_run,
                                 "requests_run": repo.batcher.requests_run}

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-SCHEMES = ("euler_maruyama", "tamed", "research")
+SCHEMES = ("euler_maruyama", "tamed", "milstein", "research")
 LEARNABLE_DT = ("default", "none", "scalar", "per_unit")
 COMPARE_MODELS = ("nrnn", "lipschitz")
 
@@ -137,7 +137,8 @@ def build_parser(
         "--scheme",
         choices=SCHEMES,
         default=d.get("scheme", "euler_maruyama"),
-        help="integration scheme (eq. 5, tamed, or the paper's research-code update)",
+        help="integration scheme: eq. 5, tamed, Milstein, or 'research' = the paper's "
+        "research-code update (Euler steps with keras_nrnn.noise.ResearchNoise)",
     )
     g.add_argument(
         "--learnable-dt",
@@ -200,6 +201,9 @@ def build_parser(
         "the report",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    from training.distribute import add_strategy_arguments
+
+    add_strategy_arguments(p)
     g.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
     # Hidden debug flags: train and evaluate on the first N examples of a split.
     for split in ("train", "val", "test"):
@@ -305,6 +309,9 @@ def parse_args(
             positive_int(f"--limit-{split}", value)
     if args.overwrite and args.shard is not None:
         parser.error("use either --overwrite or --shard, not both (replace the run folder first)")
+    from training.distribute import check_strategy_args
+
+    check_strategy_args(parser, args)
     if check_models:
         check_model_names(parser, args.models)
     return args

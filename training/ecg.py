@@ -169,12 +169,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import numpy as np
 
     from atomic_io import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
-    from training import cli, reporting, robustness, run_folder
+    from training import cli, distribute, reporting, robustness, run_folder
     from training.data import load_ecg5000, make_dataset
     from training.models import MODELS, build_model, resolve_cell_class
     from training.perturbations import ECG_ROBUSTNESS_GRID
     from training.runner import TrainSettings, train_seed
 
+    strategy, writes = distribute.runner_strategy(args)
     precision = cli.resolve_precision(args.precision)
     ident = cli.identity(args, precision)
     chash = cli.config_hash(ident)
@@ -223,6 +224,27 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print(f"Run folder: {out}")
             return 0
 
+    settings = TrainSettings.from_args(args)
+    hp = cli.hparams(args)
+    validation = make_dataset(
+        x_val, y_val, batch_size=max(args.batch_size, 500), training=False, seed=0
+    )
+    pairs = [(name, seed) for name in args.models for seed in range(n_seeds)]
+    if not writes:
+        # A non-chief worker of --strategy multi_worker: train in step with the chief (which
+        # writes the run folder, evaluates and reports), resuming from its checkpoints.
+        jobs = [
+            (
+                _model_dir(out, args.models, name) / f"seed-{seed}",
+                seed,
+                lambda name=name, seed=seed: build_model(name, hp, seed=seed, layer=args.layer),
+            )
+            for name, seed in pairs
+        ]
+        distribute.train_as_worker(jobs, (x_train, y_train), validation, settings, strategy)
+        print(f"Worker done; the chief writes the run folder: {out}")
+        return 0
+
     # Where this call writes: the run folder itself, or (--overwrite of an existing run) a
     # staging folder swapped in at the end, so the old run survives any failure before that.
     work = out
@@ -267,19 +289,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         }
         atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
 
-    settings = TrainSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_decay_epoch=args.lr_decay_epoch - 1,
-        lr_decay_factor=args.lr_decay_factor,
-        jit_compile=args.jit,
-        progress=not args.quiet,
-    )
-    hp = cli.hparams(args)
-    validation = make_dataset(
-        x_val, y_val, batch_size=max(args.batch_size, 500), training=False, seed=0
-    )
     shared_inputs = robustness.PerturbedInputs(x_test, base_seed=args.perturbation_seed)
     results_models: dict[str, Any] = {}
     history_rows: list[dict[str, Any]] = []
@@ -301,6 +310,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             seed=seed,
             progress_desc=f"{name} seed {seed}",
             tensorboard=not args.no_tensorboard,
+            strategy=strategy,
         )
         if seed_run.resumed_from:
             _message(f"[{name} seed {seed}] resumed from epoch {seed_run.resumed_from}")
@@ -323,6 +333,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "eval_seconds": round(time.perf_counter() - t_eval, 2),
             "layer": args.layer,
             "jit_compile": args.jit,
+            "strategy": args.strategy,
+            "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
         }
         atomic_write_text(eval_path, json.dumps(record, indent=2) + "\n")
         keras.backend.clear_session()
@@ -334,7 +346,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         return record
 
-    pairs = [(name, seed) for name in args.models for seed in range(n_seeds)]
     if args.shard is not None:
         index, count = args.shard
         mine = {p for i, p in enumerate(pairs) if i % count == index}
@@ -470,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from training import cli
     from training.data import DataIntegrityError, DataUnavailableError
+    from training.distribute import DistributeConfigError, configure_cpu_replicas
     from training.run_folder import RunFolderError
     from training.startup import import_tensorflow_quietly
 
@@ -479,10 +491,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = cli.parse_args(parser, argv, check_models=False)
         _precheck(args)
         import_tensorflow_quietly()
+        configure_cpu_replicas(args.cpu_replicas)
         cli.check_model_names(parser, args.models)
     except SystemExit as e:
         return int(e.code or 0)
-    except (RunFolderError, DataIntegrityError) as e:
+    except (RunFolderError, DataIntegrityError, DistributeConfigError) as e:
         _message(f"error: {_one_line(e)}")
         return EXIT_REFUSED
 
@@ -494,7 +507,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_policy = keras.mixed_precision.global_policy().name
     try:
         return run(args, argv)
-    except (UnknownModelError, RunFolderError, DataIntegrityError, DataUnavailableError) as e:
+    except (
+        UnknownModelError,
+        RunFolderError,
+        DataIntegrityError,
+        DataUnavailableError,
+        DistributeConfigError,
+    ) as e:
         _message(f"error: {_one_line(e)}")
         return EXIT_REFUSED
     except OSError as e:  # e.g. the disk filled up or a folder became read-only mid-run

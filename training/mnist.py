@@ -432,7 +432,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import numpy as np
 
     from atomic_io import atomic_write_bytes, atomic_write_text
-    from training import cli, reporting, robustness, run_folder
+    from training import cli, distribute, reporting, robustness, run_folder
     from training.data.mnist import load_mnist, mnist_dataset, pixel_permutation, to_sequences
     from training.ecg import (
         EXIT_REFUSED,
@@ -444,6 +444,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from training.perturbations import MNIST_ROBUSTNESS_GRID
     from training.runner import TrainSettings, train_seed
 
+    strategy, writes = distribute.runner_strategy(args)
     precision = cli.resolve_precision(args.precision)
     entries = model_entries(args)
     permutation = pixel_permutation(args.permutation_seed) if args.task == "permuted" else None
@@ -504,6 +505,36 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print(f"Run folder: {out}")
             return 0
 
+    settings = TrainSettings.from_args(args)
+    validation = mnist_dataset(
+        pixels["validation"],
+        labels_of["validation"],
+        args.eval_batch_size,
+        training=False,
+        permutation=permutation,
+    )
+
+    def build_fn(entry: Entry, seed: int):
+        return lambda: build_model(
+            entry.model,
+            entry.hparams,
+            seed=seed,
+            timesteps=784,
+            features=1,
+            classes=10,
+            layer=args.layer,
+        )
+
+    if not writes:  # a non-chief worker of --strategy multi_worker (the chief writes the run)
+        jobs = [
+            ((out / e.key if several else out) / f"seed-{k}", k, build_fn(e, k))
+            for e in entries
+            for k in range(args.seeds)
+        ]
+        distribute.train_as_worker(jobs, (x_train, y_train), validation, settings, strategy)
+        print(f"Worker done; the chief writes the run folder: {out}")
+        return 0
+
     final_out = out
     if plan.mode == "replace":
         out = run_folder.prepare_staging(final_out, ident, task=task_name)
@@ -552,23 +583,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         }
         atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
 
-    settings = TrainSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_decay_epoch=args.lr_decay_epoch - 1,
-        lr_decay_factor=args.lr_decay_factor,
-        jit_compile=args.jit,
-        progress=not args.quiet,
-        clipnorm=args.clipnorm,
-    )
-    validation = mnist_dataset(
-        pixels["validation"],
-        labels_of["validation"],
-        args.eval_batch_size,
-        training=False,
-        permutation=permutation,
-    )
     shared_inputs = robustness.PerturbedInputs(x_test, base_seed=args.perturbation_seed)
     t_start = time.perf_counter()
 
@@ -582,15 +596,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             _message(f"[{entry.key} seed {seed}] finished earlier; reusing {eval_path}")
             return json.loads(eval_path.read_text())
         seed_run = train_seed(
-            lambda: build_model(
-                entry.model,
-                entry.hparams,
-                seed=seed,
-                timesteps=784,
-                features=1,
-                classes=10,
-                layer=args.layer,
-            ),
+            build_fn(entry, seed),
             (x_train, y_train),
             validation,
             sdir,
@@ -598,6 +604,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             seed=seed,
             progress_desc=f"{entry.key} seed {seed}",
             tensorboard=not args.no_tensorboard,
+            strategy=strategy,
         )
         if seed_run.resumed_from:
             _message(f"[{entry.key} seed {seed}] resumed from epoch {seed_run.resumed_from}")
@@ -621,6 +628,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "train_sequences_per_second": round(len(x_train) / float(np.median(steady)), 1),
             "train_seconds_total": round(float(np.sum(epoch_seconds)), 2),
             "eval_seconds": round(time.perf_counter() - t_eval, 2),
+            "strategy": args.strategy,
+            "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
         }
         atomic_write_text(eval_path, json.dumps(record, indent=2) + "\n")
         keras.backend.clear_session()
@@ -744,6 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     2
     """
     from training.data.mnist import DataIntegrityError, DataUnavailableError
+    from training.distribute import DistributeConfigError, configure_cpu_replicas
     from training.ecg import EXIT_INTERRUPTED, EXIT_REFUSED, _message
     from training.models import UnknownModelError
     from training.run_folder import RunFolderError
@@ -752,14 +762,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_mnist_args(argv)
+        configure_cpu_replicas(args.cpu_replicas)
     except SystemExit as e:
         return int(e.code or 0)
+    except DistributeConfigError as e:
+        _message(f"error: {e}")
+        return EXIT_REFUSED
     import keras
 
     previous_policy = keras.mixed_precision.global_policy().name
     try:
         return run(args, argv)
-    except (UnknownModelError, DataIntegrityError, DataUnavailableError, RunFolderError) as e:
+    except (
+        UnknownModelError,
+        DataIntegrityError,
+        DataUnavailableError,
+        RunFolderError,
+        DistributeConfigError,
+    ) as e:
         _message(f"error: {e}")
         return EXIT_REFUSED
     except (KeyboardInterrupt, SimulatedInterruptionError) as e:

@@ -30,6 +30,7 @@ checkpoint of epoch N (1-based) has been written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -96,6 +97,29 @@ class TrainSettings:
     jit_compile: bool = False
     progress: bool = True
     clipnorm: float | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> TrainSettings:
+        """The settings of a runner's validated arguments (1-based `lr_decay_epoch`).
+
+        Example:
+
+        >>> import argparse
+        >>> a = argparse.Namespace(epochs=3, batch_size=8, lr=0.1, lr_decay_epoch=3,
+        ...                        lr_decay_factor=0.1, jit=False, quiet=True)
+        >>> TrainSettings.from_args(a).lr_decay_epoch
+        2
+        """
+        return cls(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            lr_decay_epoch=args.lr_decay_epoch - 1,
+            lr_decay_factor=args.lr_decay_factor,
+            jit_compile=args.jit,
+            progress=not args.quiet,
+            clipnorm=getattr(args, "clipnorm", None),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,8 +310,10 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         settings: TrainSettings,
         state: dict[str, Any],
         progress_desc: str,
+        write: bool = True,
     ) -> None:
         super().__init__()
+        self.write = write
         self.seed_dir = seed_dir
         self.settings = settings
         self.state = state
@@ -298,7 +324,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self.interrupt_after = int(interrupt) if interrupt else None
 
     def on_train_begin(self, logs=None):
-        if self.settings.progress:
+        if self.settings.progress and self.write:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(
@@ -328,10 +354,12 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             state["best_val_accuracy"] = val_acc
             state["best_epoch"] = epoch + 1
             # Before the checkpoint that records it: the two files always agree.
-            save_model_atomic(self.model, self.seed_dir / MODEL_FILE)
+            if self.write:
+                save_model_atomic(self.model, self.seed_dir / MODEL_FILE)
         state["epochs_done"] = epoch + 1
-        _save_checkpoint(self.seed_dir / CHECKPOINT_FILE, self.model, state)
-        _write_history_csv(self.seed_dir / HISTORY_FILE, state["history"])
+        if self.write:
+            _save_checkpoint(self.seed_dir / CHECKPOINT_FILE, self.model, state)
+            _write_history_csv(self.seed_dir / HISTORY_FILE, state["history"])
         if self._bar is not None:
             self._bar.set_postfix(
                 loss=f"{row.get('loss', math.nan):.4f}",
@@ -420,6 +448,8 @@ def train_seed(
     seed: int,
     progress_desc: str = "",
     tensorboard: bool = True,
+    strategy: Any = None,
+    write: bool = True,
 ) -> SeedRun:
     """Train (or resume, or skip if finished) one seed into `seed_dir`.
 
@@ -433,6 +463,13 @@ def train_seed(
         seed: the run's seed (`keras.utils.set_random_seed(seed)` before building).
         progress_desc: label of the progress bar.
         tensorboard: write TensorBoard logs into `seed_dir/tensorboard`.
+        strategy: a `tf.distribute.Strategy` (`training.distribute.make_strategy`) to build,
+            compile and fit the model under; None: the default (one device). With several
+            replicas `settings.batch_size` is the global batch and every noise generator
+            draws its own stream per replica (`training.distribute.fold_replica_into_noise`).
+        write: write the seed folder (checkpoint, model, history, TensorBoard); False for
+            the non-chief workers of a multi-worker run, which resume from the chief's
+            checkpoint in the same folder and write nothing.
 
     Returns:
         A `SeedRun`.
@@ -441,22 +478,28 @@ def train_seed(
         SimulatedInterruptionError: when `KERAS_NRNN_INTERRUPT_AFTER_EPOCH` asks for it.
     """
     seed_dir = Path(seed_dir)
-    seed_dir.mkdir(parents=True, exist_ok=True)
+    if write:
+        seed_dir.mkdir(parents=True, exist_ok=True)
     ckpt = seed_dir / CHECKPOINT_FILE
     existing = read_checkpoint_state(seed_dir)
     if existing is not None and existing["epochs_done"] >= settings.epochs:
         return _seed_run(seed_dir, existing, resumed_from=existing["epochs_done"], seconds=0.0)
 
+    from training.distribute import jit_supported, prepare_model
+
     keras.utils.set_random_seed(seed)
-    model = build_fn()
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=settings.lr, clipnorm=settings.clipnorm),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=settings.jit_compile,
-    )
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_fn()
+        prepare_model(model, strategy)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=settings.lr, clipnorm=settings.clipnorm),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=settings.jit_compile and jit_supported(strategy),
+        )
     if existing is not None:
-        state = _restore_checkpoint(ckpt, model)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            state = _restore_checkpoint(ckpt, model)
     else:
         state = {
             "seed": seed,
@@ -472,8 +515,9 @@ def train_seed(
         train[0], train[1], settings.batch_size, seed, resumed_from, settings.epochs
     )
 
-    bookkeeping = _EpochCheckpoint(seed_dir, settings, state, progress_desc)
+    bookkeeping = _EpochCheckpoint(seed_dir, settings, state, progress_desc, write=write)
     callbacks: list[keras.callbacks.Callback] = []
+    tensorboard = tensorboard and write
     if tensorboard and tensorboard_available():
         callbacks.append(
             keras.callbacks.TensorBoard(

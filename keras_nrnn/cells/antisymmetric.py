@@ -181,33 +181,13 @@ class NoisyAntisymmetricCell(AntisymmetricCell):
     from the cell's seeded `keras.random.SeedGenerator`. In inference mode (`training` False
     or absent) there is no noise and no random op: the cell is exactly `AntisymmetricCell`.
 
-    Args:
-        units: size of the hidden state, > 0.
-        dt: Euler-Maruyama step, > 0 (default 0.01).
-        gamma: diffusion (damping) of `W`, >= 0 (default 0.0001).
-        additive_noise: eps * sigma_1 of eq. 4, >= 0.
-        multiplicative_noise: eps * sigma_2 of eq. 4, >= 0.
-        activation: activation `a` (default `"tanh"`).
-        init_std: `M` starts from `N(0, (init_std / units)^2)`, >= 0.
-        seed: int or None, seed of the noise.
-        **kwargs: every other `AntisymmetricCell` argument (`learnable_dt`, `scheme`,
-            initializers, regularizers, constraints, `name`, `dtype`).
-
-    Call arguments:
-        inputs: tensor of shape `(batch, features)`, one time step.
-        states: list with one tensor of shape `(batch, units)`.
-        training: Python bool; noise is injected only when True.
+    The same class as its drift's (every argument, including `noise=`), kept under this name
+    for version 0.1 code and files.
 
     Example:
 
-    >>> import numpy as np, keras
-    >>> cell = NoisyAntisymmetricCell(8, additive_noise=0.1, multiplicative_noise=0.05, seed=1)
-    >>> layer = keras.layers.RNN(cell)
-    >>> x = np.ones((2, 5, 3), "float32")
-    >>> bool(np.allclose(layer(x), layer(x)))  # inference: deterministic
-    True
-    >>> bool(np.allclose(layer(x, training=True), layer(x)))  # training: noisy
-    False
+    >>> NoisyAntisymmetricCell(8, additive_noise=0.1, seed=1).noise
+    DiagonalNoise(additive=0.1, multiplicative=0.0)
     """
 
 

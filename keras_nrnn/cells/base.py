@@ -284,18 +284,26 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
         return self.step(self.project_inputs(inputs, cache), states, cache, draws)
 
     def _check_can_draw_per_step(self, inputs) -> None:
+        """On JAX, refuse to advance the seed inside a loop body traced apart from the seed's
+        own trace (the `lax.scan` of `keras.layers.RNN`): the noise would be frozen, or the
+        trace would leak. Unrolled loops and direct calls advance it fine."""
         if keras.backend.backend() != "jax":
             return
         import jax
 
-        if isinstance(inputs, jax.core.Tracer):
+        state = self.seed_generator.state.value
+        nested = isinstance(inputs, jax.core.Tracer) and (
+            not isinstance(state, jax.core.Tracer)
+            or getattr(inputs, "_trace", None) is not getattr(state, "_trace", None)
+        )
+        if nested:
             raise RuntimeError(
                 f"{type(self).__name__} with noise cannot draw its training noise inside "
                 "keras.layers.RNN on the JAX backend: the loop is a jax.lax.scan, which cannot "
                 "advance the cell's seed generator at each step (the noise would be frozen or "
                 "the trace would leak). Use keras_nrnn.SDERNN(cell) instead of "
                 "keras.layers.RNN(cell): it takes the Brownian keys of the whole sequence "
-                "before its loop and supports the same options."
+                "before its loop and supports the same options (or unroll=True)."
             )
 
     def get_initial_state(self, batch_size=None):

@@ -262,33 +262,13 @@ class NoisyCoRNNCell(CoRNNCell):
     mode (`training` False or absent) there is no noise and no random op: the cell is
     exactly `CoRNNCell`.
 
-    Args:
-        units: number of oscillators, > 0.
-        dt: time step, > 0 (default 0.042).
-        gamma: stiffness, >= 0 (default 2.7).
-        epsilon: damping, >= 0 (default 4.7).
-        additive_noise: additive noise level on the velocity, >= 0.
-        multiplicative_noise: noise level proportional to the acceleration, >= 0.
-        activation: activation `a` (default `"tanh"`).
-        seed: int or None, seed of the noise.
-        **kwargs: every other `CoRNNCell` argument (`learnable_dt`, `scheme`, initializers,
-            regularizers, constraints, `name`, `dtype`).
-
-    Call arguments:
-        inputs: tensor of shape `(batch, features)`, one time step.
-        states: list `[y, z]` of two tensors of shape `(batch, units)`.
-        training: Python bool; noise is injected only when True.
+    The same class as its drift's (every argument, including `noise=`), kept under this name
+    for version 0.1 code and files.
 
     Example:
 
-    >>> import numpy as np, keras
-    >>> cell = NoisyCoRNNCell(8, additive_noise=0.1, seed=1)
-    >>> layer = keras.layers.RNN(cell)
-    >>> x = np.ones((2, 5, 3), "float32")
-    >>> bool(np.allclose(layer(x), layer(x)))  # inference: deterministic
-    True
-    >>> bool(np.allclose(layer(x, training=True), layer(x)))  # training: noisy
-    False
+    >>> NoisyCoRNNCell(8, additive_noise=0.1, seed=1).state_size  # noise on the velocity
+    [8, 8]
     """
 
 

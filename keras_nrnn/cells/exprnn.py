@@ -356,31 +356,13 @@ class NoisyExpRNNCell(ExpRNNCell):
     `keras.random.SeedGenerator`. In inference mode (`training` False or absent) there is no
     noise and no random op: the cell is exactly `ExpRNNCell`.
 
-    Args:
-        units: size of the hidden state, > 0.
-        dt: time scale of the noise, > 0 (default 1); the map itself does not depend on it.
-        additive_noise: eps * sigma_1 of eq. 4, >= 0.
-        multiplicative_noise: eps * sigma_2 of eq. 4, >= 0.
-        recurrent_initializer: `"henaff"` (default), `"cayley"` or a Keras initializer of `M`.
-        seed: int or None, seed of the noise.
-        **kwargs: every other `ExpRNNCell` argument (`learnable_dt`, `scheme`, initializers,
-            regularizers, constraints, `name`, `dtype`).
-
-    Call arguments:
-        inputs: tensor of shape `(batch, features)`, one time step.
-        states: list with one tensor of shape `(batch, units)`.
-        training: Python bool; noise is injected only when True.
+    The same class as its drift's (every argument, including `noise=`), kept under this name
+    for version 0.1 code and files.
 
     Example:
 
-    >>> import numpy as np, keras
-    >>> cell = NoisyExpRNNCell(8, additive_noise=0.1, seed=1)
-    >>> layer = keras.layers.RNN(cell)
-    >>> x = np.ones((2, 5, 3), "float32")
-    >>> bool(np.allclose(layer(x), layer(x)))  # inference: deterministic
-    True
-    >>> bool(np.allclose(layer(x, training=True), layer(x)))  # training: noisy
-    False
+    >>> NoisyExpRNNCell(8, multiplicative_noise=0.1).dt  # dt only scales the noise
+    1.0
     """
 
 

@@ -140,6 +140,12 @@ class SDERNN(keras.layers.RNN):
             states = [ops.cast(s, dtype) for s in states]
             return cell.step(projected, states, cache, draws)
 
+        length = sequences.shape[1]
+        if length is None and keras.backend.backend() == "tensorflow":
+            # An unknown length: Keras's TensorFlow loop would read it from `inputs.shape[1]`,
+            # which nested (and time-major) inputs do not have; it runs max(input_length)
+            # iterations, so a one-element list carries the dynamic length instead.
+            length = [ops.shape(steps)[0]]
         last, outputs, states = backend_rnn(
             step,
             inputs,
@@ -147,7 +153,7 @@ class SDERNN(keras.layers.RNN):
             go_backwards=self.go_backwards,
             mask=None if mask is None else ops.transpose(mask),
             unroll=self.unroll,
-            input_length=sequences.shape[1],
+            input_length=length,
             time_major=True,
             zero_output_for_mask=self.zero_output_for_mask,
             return_all_outputs=self.return_sequences,

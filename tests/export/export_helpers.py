@@ -11,7 +11,7 @@ import pytest
 from keras import ops
 
 import keras_nrnn
-from keras_nrnn import LipschitzCell, NoisyLipschitzCell
+from keras_nrnn import LipschitzCell, NoisyLipschitzCell, registry
 from keras_nrnn.cells.base import SDECell
 
 UNITS = 8
@@ -19,15 +19,14 @@ TIME = 10
 FEATURES = 2
 CLASSES = 3
 
-#: Baseline cells of keras_nrnn (and their noisy variants); tested when importable.
-BASELINE_CELLS = (
-    "AntisymmetricCell",
-    "CoRNNCell",
-    "ExpRNNCell",
-    "NoisyAntisymmetricCell",
-    "NoisyCoRNNCell",
-    "NoisyExpRNNCell",
-)
+#: Every cell class of the keras_nrnn registry (each drift and its Noisy* class), then a
+#: two-state test cell; the Lipschitz ones first (tests pick their own parameters for them).
+_REGISTRY = {
+    cls.__name__: (entry, cls is entry.noisy_cls)
+    for entry in registry.cells()
+    for cls in (entry.cls, entry.noisy_cls)
+}
+BASELINE_CELLS = tuple(n for n in _REGISTRY if "Lipschitz" not in n)
 ALL_CELLS = ("LipschitzCell", "NoisyLipschitzCell", "TwoStateCell", *BASELINE_CELLS)
 
 
@@ -95,18 +94,13 @@ def make_cell(kind: str):
         )
     if kind == "TwoStateCell":
         return TwoStateCell(UNITS, dt=0.2)
+    if kind in _REGISTRY:
+        entry, noisy = _REGISTRY[kind]
+        return entry.make(noisy=noisy, units=UNITS)
     cls = find_cell_class(kind)
     if cls is None:
-        pytest.skip(f"{kind} is not importable from keras_nrnn yet (being written)")
-    kwargs = (
-        {"additive_noise": 0.1, "multiplicative_noise": 0.05, "seed": 0}
-        if kind.startswith("Noisy")
-        else {}
-    )
-    try:
-        return cls(UNITS, **kwargs)
-    except Exception as err:
-        pytest.skip(f"{kind}({UNITS}) could not be constructed: {err}")
+        pytest.skip(f"{kind} is not importable from keras_nrnn")
+    return cls(UNITS)
 
 
 def make_model(cell, *, time=TIME, pre_dense=False, softmax=False, seed=0) -> keras.Model:
@@ -155,3 +149,12 @@ def listing(base) -> list[str]:
     if not base.exists():
         return []
     return sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+
+
+def perturb(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Add seeded N(0, 0.3^2) noise to every weight (non-trivial numbers to compare)."""
+    rng = np.random.default_rng(seed)
+    model.set_weights(
+        [w + 0.3 * rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()]
+    )
+    return model

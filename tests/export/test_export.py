@@ -75,6 +75,7 @@ def test_layout(exported):
         "assets.extra",
         "assets.extra/tf_serving_warmup_requests",
         "model.onnx",
+        "model_fixed.onnx",
         "model_streaming.onnx",
     }
     assert expected <= files
@@ -113,8 +114,18 @@ def test_signatures(exported):
 def test_metadata(exported):
     meta = json.loads((exported.path / "assets" / "metadata.json").read_text())
     for key in (
-        "name", "version", "keras_nrnn_version", "features", "num_classes", "state_size",
-        "cells", "model_config", "training", "metrics", "data_checksums", "exported_at",
+        "name",
+        "version",
+        "keras_nrnn_version",
+        "features",
+        "num_classes",
+        "state_size",
+        "cells",
+        "model_config",
+        "training",
+        "metrics",
+        "data_checksums",
+        "exported_at",
         "formats",
     ):
         assert key in meta, key
@@ -122,19 +133,21 @@ def test_metadata(exported):
     assert (meta["features"], meta["num_classes"], meta["state_size"]) == (FEATURES, CLASSES, UNITS)
     assert meta["formats"] == ["savedmodel", "onnx"]
     assert meta["cells"][0]["class_name"] == "NoisyLipschitzCell"
-    assert meta["cells"][0]["config"]["additive_noise"] == 0.1
+    assert meta["cells"][0]["config"]["noise"]["config"]["additive"] == 0.1
     assert meta["training"] is None and meta["metrics"] is None
     assert meta["note"] == "test"
     assert meta["export_options"] == {
-        "savedmodel_time_steps": "hybrid", "savedmodel_jit_compile": False,
-        "onnx_time_steps": "fixed",
+        "savedmodel_time_steps": "hybrid",
+        "savedmodel_jit_compile": False,
+        "onnx_time_steps": "hybrid",
+        "onnx_fixed_time_file": "model_fixed.onnx",
     }
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", meta["exported_at"])
 
 
 def test_no_random_ops(exported):
     assert find_random_tf_ops(exported.path) == []
-    for file in ("model.onnx", "model_streaming.onnx"):
+    for file in ("model.onnx", "model_fixed.onnx", "model_streaming.onnx"):
         assert find_random_onnx_ops(onnx.load(str(exported.path / file))) == []
 
 
@@ -144,20 +157,30 @@ def test_onnx_models(exported):
     assert [i.name for i in seq.graph.input] == ["inputs"]
     dims = seq.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][2] == FEATURES
-    # Default for a model of fixed length: unrolled, time fixed to T, dynamic batch, no Loop.
-    assert dims[0].dim_param and dims[1].dim_value == TIME
+    # Default for a model of fixed length: any length (If: unrolled for T, Loop otherwise),
+    # axes named as in metadata.json; model_fixed.onnx: unrolled, time fixed to T, no loop.
+    assert [d.dim_param for d in dims[:2]] == ["batch", "time"]
     assert sorted(o.name for o in seq.graph.output) == ["classes", "logits", "probabilities"]
-    assert "Loop" not in onnx_op_types(seq) and "If" not in onnx_op_types(seq)
+    assert {"If", "Loop"} <= onnx_op_types(seq)
+    fixed = onnx.load(str(exported.path / "model_fixed.onnx"))
+    dims = fixed.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and dims[1].dim_value == TIME
+    assert "Loop" not in onnx_op_types(fixed) and "If" not in onnx_op_types(fixed)
     step = onnx.load(str(exported.path / "model_streaming.onnx"))
     onnx.checker.check_model(step, full_check=True)
     assert sorted(i.name for i in step.graph.input) == ["inputs", "state"]
     assert sorted(o.name for o in step.graph.output) == [
-        "classes", "logits", "new_state", "probabilities",
+        "classes",
+        "logits",
+        "new_state",
+        "probabilities",
     ]
     sess = ort.InferenceSession(str(exported.path / "model.onnx"))
     types = {o.name: o.type for o in sess.get_outputs()}
     assert types == {
-        "logits": "tensor(float)", "probabilities": "tensor(float)", "classes": "tensor(int64)",
+        "logits": "tensor(float)",
+        "probabilities": "tensor(float)",
+        "classes": "tensor(int64)",
     }
 
 
@@ -171,17 +194,20 @@ def test_keras_savedmodel_onnx_agree(exported):
             np.testing.assert_allclose(res["sequence"]["logits"], keras_logits, atol=ATOL)
             np.testing.assert_array_equal(res["sequence"]["classes"], keras_logits.argmax(-1))
             for key in ("logits", "probabilities", "classes"):
-                np.testing.assert_allclose(res["streaming"][key], res["sequence"][key],
-                                           atol=ATOL)
-        np.testing.assert_allclose(sm["streaming"]["new_state"], ox["streaming"]["new_state"],
-                                   atol=ATOL)
-    # A time axis of another length than the model was built for: the SavedModel ("hybrid")
-    # runs its while loop, equal to streaming; the fixed-length ONNX model refuses it.
+                np.testing.assert_allclose(res["streaming"][key], res["sequence"][key], atol=ATOL)
+        np.testing.assert_allclose(
+            sm["streaming"]["new_state"], ox["streaming"]["new_state"], atol=ATOL
+        )
+    # A time axis of another length than the model was built for: the SavedModel and
+    # model.onnx (both "hybrid") run their loops, equal to streaming and to each other; the
+    # unrolled model_fixed.onnx refuses it.
     x = inputs(batch=2, time=5, seed=3)
     sm = run_saved_model(exported.path, x, UNITS)
+    ox = run_onnx(exported.path, x, UNITS)
     for key in ("logits", "probabilities", "classes"):
         np.testing.assert_allclose(sm["streaming"][key], sm["sequence"][key], atol=ATOL)
-    sess = ort.InferenceSession(str(exported.path / "model.onnx"))
+        np.testing.assert_allclose(ox["sequence"][key], sm["sequence"][key], atol=ATOL)
+    sess = ort.InferenceSession(str(exported.path / "model_fixed.onnx"))
     with pytest.raises(Exception, match=r"(?i)dimension|shape"):
         sess.run(None, {"inputs": x})
 
@@ -204,9 +230,21 @@ def test_saved_model_cli_run(exported):
     x = np.round(inputs(batch=2, time=4, seed=5).astype(np.float64), 3)
     expr = "inputs=" + repr(x.tolist())
     proc = subprocess.run(
-        ["saved_model_cli", "run", "--dir", str(exported.path), "--tag_set", "serve",
-         "--signature_def", "serving_default", "--input_exprs", expr],
-        capture_output=True, text=True, timeout=300,
+        [
+            "saved_model_cli",
+            "run",
+            "--dir",
+            str(exported.path),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--input_exprs",
+            expr,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     block = proc.stdout.split("Result for output key logits:")[1].split("Result for")[0]
@@ -253,13 +291,19 @@ def test_alternative_time_steps_and_jit(tmp_path, exported):
     """The non-default options: a dynamic ONNX Loop (any length), a fixed-length unrolled
     SavedModel signature, XLA kept in the saved function; all verified and equal."""
     path = export_model(
-        exported.model, tmp_path, sample_inputs=exported.x, onnx_time_steps="dynamic",
-        savedmodel_time_steps="fixed", savedmodel_jit_compile=True,
+        exported.model,
+        tmp_path,
+        sample_inputs=exported.x,
+        onnx_time_steps="dynamic",
+        savedmodel_time_steps="fixed",
+        savedmodel_jit_compile=True,
     )
     meta = json.loads((path / "assets" / "metadata.json").read_text())
     assert meta["export_options"] == {
-        "savedmodel_time_steps": "fixed", "savedmodel_jit_compile": True,
+        "savedmodel_time_steps": "fixed",
+        "savedmodel_jit_compile": True,
         "onnx_time_steps": "dynamic",
+        "onnx_fixed_time_file": None,
     }
     assert _xla_functions(path) and not _xla_functions(exported.path)
     seq = onnx.load(str(path / "model.onnx"))
@@ -295,8 +339,7 @@ def test_each_cell_type_exports_and_verifies(kind, tmp_path):
     for res in (run_saved_model(path, x, state_size), run_onnx(path, x, state_size)):
         key = "probabilities" if kind == "LipschitzCell" else "logits"
         np.testing.assert_allclose(res["sequence"][key], out, atol=ATOL)
-        np.testing.assert_allclose(res["streaming"]["logits"], res["sequence"]["logits"],
-                                   atol=ATOL)
+        np.testing.assert_allclose(res["streaming"]["logits"], res["sequence"]["logits"], atol=ATOL)
     assert find_random_tf_ops(path) == []
 
 
@@ -356,8 +399,8 @@ def test_cli_errors(tmp_path):
     proc = _run_cli(tmp_path / "missing.keras", "--out", tmp_path / "out")
     assert proc.returncode == 2
     assert "missing.keras" in proc.stderr and "does not exist" in proc.stderr
-    proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--formats", "savedmodel,tflite")
-    assert proc.returncode == 2 and "tflite" in proc.stderr
+    proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--formats", "savedmodel,tfjs")
+    assert proc.returncode == 2 and "tfjs" in proc.stderr
     proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--version", "0")
     assert proc.returncode == 2 and "version" in proc.stderr
     proc = _run_cli(tmp_path, "--out", tmp_path / "out", "--onnx-time-steps", "unrolled")
@@ -393,8 +436,8 @@ def test_bad_inputs_leave_nothing(tmp_path, exported):
     )
     with pytest.raises(ExportError, match="no keras_nrnn cell"):
         export_model(gru, base)
-    with pytest.raises(ValueError, match="tflite"):
-        export_model(exported.model, base, formats=("savedmodel", "tflite"))
+    with pytest.raises(ValueError, match="tfjs"):
+        export_model(exported.model, base, formats=("savedmodel", "tfjs"))
     with pytest.raises(ValueError, match="version"):
         export_model(exported.model, base, version=0)
     with pytest.raises(ValueError, match="onnx_time_steps"):

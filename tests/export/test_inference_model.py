@@ -85,16 +85,16 @@ def test_every_cell_type_sequence_streaming_keras_agree(kind):
     np.testing.assert_array_equal(streamed["classes"], seq["classes"])
     for cf in (fn.get_concrete_function(), im.step_function().get_concrete_function()):
         graph = cf.graph.as_graph_def()
-        ops = {n.op for n in graph.node} | {n.op for f in graph.library.function
-                                            for n in f.node_def}
+        ops = {n.op for n in graph.node} | {
+            n.op for f in graph.library.function for n in f.node_def
+        }
         assert not [op for op in ops if "Random" in op or "Rng" in op], kind
         assert len(cf.variables) == 4  # pre and head Dense only: the cell is constants
 
 
 def _graph_ops(fn) -> list[str]:
     graph = fn.get_concrete_function().graph.as_graph_def()
-    return [n.op for n in graph.node] + [n.op for f in graph.library.function
-                                         for n in f.node_def]
+    return [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
 
 
 @pytest.mark.parametrize("learnable_dt", ["none", "per_unit"])
@@ -251,31 +251,24 @@ def test_model_without_keras_nrnn_cell_is_refused():
         build_inference_model(model)
 
 
-@pytest.mark.parametrize("option", ["return_sequences", "go_backwards"])
-def test_unsupported_rnn_options_are_refused(option):
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"return_sequences": True}, "does not fit the fast export path"),
+        ({"go_backwards": True}, "go_backwards=True"),
+    ],
+)
+def test_other_shapes_take_the_general_path_and_fast_refuses(extra, reason):
     model = keras.Sequential(
         [
             keras.Input((TIME, FEATURES)),
-            keras.layers.RNN(LipschitzCell(UNITS), **{option: True}),
-            keras.layers.Flatten(),
+            keras.layers.RNN(LipschitzCell(UNITS), **extra),
             keras.layers.Dense(CLASSES),
         ]
     )
-    with pytest.raises(ExportError, match=option):
-        build_inference_model(model)
-
-
-def test_two_recurrent_layers_are_refused():
-    model = keras.Sequential(
-        [
-            keras.Input((TIME, FEATURES)),
-            keras.layers.RNN(LipschitzCell(UNITS), return_sequences=True),
-            keras.layers.RNN(LipschitzCell(UNITS)),
-            keras.layers.Dense(CLASSES),
-        ]
-    )
-    with pytest.raises(ExportError, match="2 recurrent layers"):
-        build_inference_model(model)
+    assert build_inference_model(model).path == "general"
+    with pytest.raises(ExportError, match=reason):
+        build_inference_model(model, path="fast")
 
 
 def test_functional_model_and_sdernn_layer():
@@ -310,25 +303,13 @@ def test_dropout_and_normalization_layers_are_inference_only():
     x = inputs()
     for fn in (im.sequence_function(), im.step_function()):
         graph = fn.get_concrete_function().graph.as_graph_def()
-        ops = {n.op for n in graph.node} | {n.op for f in graph.library.function
-                                            for n in f.node_def}
+        ops = {n.op for n in graph.node} | {
+            n.op for f in graph.library.function for n in f.node_def
+        }
         assert not [op for op in ops if "Random" in op or "Rng" in op]
     seq = im.sequence_function()(tf.constant(x))["logits"].numpy()
     np.testing.assert_allclose(seq, np.asarray(model(x, training=False)), atol=1e-5)
     np.testing.assert_allclose(_stream(im, x)["logits"], seq, atol=1e-5)
-
-
-def test_masking_layer_is_refused():
-    model = keras.Sequential(
-        [
-            keras.Input((TIME, FEATURES)),
-            keras.layers.Masking(0.0),
-            keras.layers.RNN(LipschitzCell(UNITS)),
-            keras.layers.Dense(CLASSES),
-        ]
-    )
-    with pytest.raises(ExportError, match="Masking"):
-        build_inference_model(model)
 
 
 @pytest.mark.parametrize("functional", [False, True])

@@ -34,7 +34,10 @@ def test_importing_everything_does_not_load_training():
         "print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
         cwd=EXPORT_DIR.parent,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
@@ -48,14 +51,17 @@ def test_import_export_is_light():
 
 @pytest.mark.parametrize(
     ("formats", "expected"),
-    [("savedmodel", ["savedmodel"]), (["onnx", "savedmodel"], ["savedmodel", "onnx"]),
-     (" onnx , ", ["onnx"])],
+    [
+        ("savedmodel", ["savedmodel"]),
+        (["onnx", "savedmodel"], ["savedmodel", "onnx"]),
+        (" onnx , ", ["onnx"]),
+    ],
 )
 def test_parse_formats(formats, expected):
     assert parse_formats(formats) == expected
 
 
-@pytest.mark.parametrize("formats", ["", "tflite", ["onnx", "pb"], ()])
+@pytest.mark.parametrize("formats", ["", "tfjs", ["onnx", "pb"], ()])
 def test_parse_formats_rejects(formats):
     with pytest.raises(ValueError, match="formats"):
         parse_formats(formats)

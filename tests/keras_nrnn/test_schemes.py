@@ -12,8 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_nrnn import LipschitzCell, NoisyLipschitzCell, schemes
-from keras_nrnn import brownian
+from keras_nrnn import LipschitzCell, NoisyLipschitzCell, brownian, schemes
 from keras_nrnn.noise import DiagonalNoise, ResearchNoise
 
 UNITS, FEATURES, T, BATCH = 5, 2, 10, 4
@@ -58,10 +57,14 @@ def hfd():
 def test_euler_maruyama_step_formula(hfd):
     h, f, xi, _ = hfd
     noise = DiagonalNoise(0.2, 0.3)
-    got = np.asarray(schemes.get("euler_maruyama").step(h, lambda _: f, 0.04, noise, (xi,)))
+    got = keras.ops.convert_to_numpy(
+        schemes.get("euler_maruyama").step(h, lambda _: f, 0.04, noise, (xi,))
+    )
     want = h + 0.04 * f + (0.2 + 0.3 * f) * 0.2 * xi
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    det = np.asarray(schemes.get("euler_maruyama").step(h, lambda _: f, 0.04, noise, None))
+    det = keras.ops.convert_to_numpy(
+        schemes.get("euler_maruyama").step(h, lambda _: f, 0.04, noise, None)
+    )
     np.testing.assert_allclose(det, h + 0.04 * f, rtol=1e-6, atol=1e-7)
 
 
@@ -69,10 +72,10 @@ def test_tamed_step_formula_and_bound(hfd):
     h, f, xi, _ = hfd
     noise = DiagonalNoise(0.2, 0.0)
     scheme = schemes.get("tamed")
-    got = np.asarray(scheme.step(h, lambda _: f, 0.5, noise, (xi,)))
+    got = keras.ops.convert_to_numpy(scheme.step(h, lambda _: f, 0.5, noise, (xi,)))
     want = tamed_np(h.astype(np.float64), f, 0.5) + 0.2 * np.sqrt(0.5) * xi
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    huge = np.asarray(scheme.step(h, lambda _: 1e6 * f, 10.0, None, None))
+    huge = keras.ops.convert_to_numpy(scheme.step(h, lambda _: 1e6 * f, 10.0, None, None))
     assert np.linalg.norm(huge - h, axis=-1).max() <= 1.0 + 1e-5  # the drift step never > 1
 
 
@@ -81,17 +84,23 @@ def test_research_step_formula(hfd):
     d = np.linspace(0.05, 0.3, 4).astype("float32")  # per-unit step
     noise = ResearchNoise(0.1, 0.4)
     scheme = schemes.get("euler_maruyama")
-    got = np.asarray(scheme.step(h, lambda _: f, d, noise, (xi, u)))
+    got = keras.ops.convert_to_numpy(scheme.step(h, lambda _: f, d, noise, (xi, u)))
     want = h + d * f * (1 - 0.4 * u) + 0.1 * xi  # no sqrt(dt) on the additive part
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(scheme.step(h, lambda _: f, d, noise, None)), h + d * f,
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(scheme.step(h, lambda _: f, d, noise, None)),
+        h + d * f,
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_research_draw_gives_normal_and_uniform():
     key = brownian.next_key(keras.random.SeedGenerator(3))
-    xi, u = (keras.ops.convert_to_numpy(t) for t in
-             brownian.variates(ResearchNoise.variates, (N_SAMPLES,), "float32", key))
+    xi, u = (
+        keras.ops.convert_to_numpy(t)
+        for t in brownian.variates(ResearchNoise.variates, (N_SAMPLES,), "float32", key)
+    )
     assert u.min() >= 0.0 and u.max() < 1.0
     assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 12 / N_SAMPLES)
     assert abs(xi.mean()) < 5 / np.sqrt(N_SAMPLES)
@@ -105,7 +114,7 @@ def test_unknown_scheme_name():
 
 
 def test_milstein_refuses_research_noise_by_name():
-    with pytest.raises(ValueError, match="milstein.*DiagonalNoise.*ResearchNoise"):
+    with pytest.raises(ValueError, match=r"milstein.*DiagonalNoise.*ResearchNoise"):
         LipschitzCell(UNITS, scheme="milstein", noise=ResearchNoise(0.1, 0.1))
 
 
@@ -114,13 +123,13 @@ def test_milstein_step_formula(hfd):
     noise, dt = DiagonalNoise(0.2, 0.3), 0.04
 
     def drift(state):  # a drift that depends on the state, so the correction is not zero
-        return f + 0.5 * state
+        return keras.ops.convert_to_tensor(f) + 0.5 * state
 
-    got = np.asarray(schemes.get("milstein").step(h, drift, dt, noise, (xi,)))
-    f0 = drift(h)
+    got = keras.ops.convert_to_numpy(schemes.get("milstein").step(h, drift, dt, noise, (xi,)))
+    f0 = f + 0.5 * h
     s0 = 0.2 + 0.3 * f0
     support = h + dt * f0 + s0 * np.sqrt(dt)
-    s1 = 0.2 + 0.3 * drift(support)
+    s1 = 0.2 + 0.3 * (f + 0.5 * support)
     d_b = np.sqrt(dt) * xi
     want = h + dt * f0 + s0 * d_b + (s1 - s0) * (d_b**2 - dt) / (2 * np.sqrt(dt))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -158,8 +167,9 @@ def test_tamed_inference_sequence(x_seq):
 
 
 def test_research_inference_sequence_uses_per_unit_step(x_seq):
-    cell = NoisyLipschitzCell(UNITS, dt=0.1, noise=ResearchNoise(0.1, 0.5),
-                              learnable_dt="per_unit", seed=0)
+    cell = NoisyLipschitzCell(
+        UNITS, dt=0.1, noise=ResearchNoise(0.1, 0.5), learnable_dt="per_unit", seed=0
+    )
     layer = run_layer(cell, x_seq)
     randomize(cell, seed=3)
     d = np.linspace(0.02, 0.3, UNITS).astype("float32")
@@ -176,8 +186,9 @@ def test_research_per_unit_step_starts_at_dt():
     with pytest.warns(DeprecationWarning):  # version 0.1's spelling
         cell = LipschitzCell(UNITS, dt=0.07, scheme="research")
     cell.build((None, FEATURES))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(cell.dt_variable), np.full(UNITS, 0.07),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(cell.dt_variable), np.full(UNITS, 0.07), rtol=1e-6
+    )
     assert cell.dt_variable.trainable
     with pytest.warns(DeprecationWarning):
         fixed = LipschitzCell(UNITS, scheme="research", learnable_dt="none")
@@ -203,8 +214,9 @@ def point():
 def test_tamed_training_step_moments(point):
     h, x = point
     dt, add, mult = 0.5, 0.1, 0.4
-    cell = NoisyLipschitzCell(UNITS, dt=dt, scheme="tamed", additive_noise=add,
-                              multiplicative_noise=mult, seed=5)
+    cell = NoisyLipschitzCell(
+        UNITS, dt=dt, scheme="tamed", additive_noise=add, multiplicative_noise=mult, seed=5
+    )
     cell.build((None, FEATURES))
     randomize(cell, seed=4, scale=1.0)
     f = drift_np(cell, h[None], x[None])[0]
@@ -212,16 +224,18 @@ def test_tamed_training_step_moments(point):
     assert np.abs(mean_want - dt * f).max() > 0.05  # distinguishable from the untamed mean
     std_want = np.abs(add + mult * f) * np.sqrt(dt)
     inc = one_step_increments(cell, h, x)
-    np.testing.assert_array_less(np.abs(inc.mean(0) - mean_want),
-                                 5 * std_want / np.sqrt(N_SAMPLES) + 1e-6)
+    np.testing.assert_array_less(
+        np.abs(inc.mean(0) - mean_want), 5 * std_want / np.sqrt(N_SAMPLES) + 1e-6
+    )
     np.testing.assert_array_less(np.abs(inc.std(0) / std_want - 1), 5 / np.sqrt(2 * N_SAMPLES))
 
 
 @pytest.mark.parametrize(("add", "mult"), [(0.0, 0.6), (0.05, 0.3)])
 def test_research_training_step_moments(point, add, mult):
     h, x = point
-    cell = NoisyLipschitzCell(UNITS, dt=0.1, noise=ResearchNoise(add, mult),
-                              learnable_dt="per_unit", seed=6)
+    cell = NoisyLipschitzCell(
+        UNITS, dt=0.1, noise=ResearchNoise(add, mult), learnable_dt="per_unit", seed=6
+    )
     cell.build((None, FEATURES))
     randomize(cell, seed=5, scale=0.8)
     d = np.linspace(0.1, 0.5, UNITS)
@@ -232,8 +246,9 @@ def test_research_training_step_moments(point, add, mult):
     # m ~ U(1 - mult, 1): E[m] = 1 - mult / 2, Var[m] = mult^2 / 12; xi has no sqrt(dt).
     mean_want = d * f * (1 - mult / 2)
     std_want = np.sqrt((d * f * mult) ** 2 / 12 + add**2)
-    np.testing.assert_array_less(np.abs(inc.mean(0) - mean_want),
-                                 5 * std_want / np.sqrt(N_SAMPLES) + 1e-6)
+    np.testing.assert_array_less(
+        np.abs(inc.mean(0) - mean_want), 5 * std_want / np.sqrt(N_SAMPLES) + 1e-6
+    )
     # The uniform factor has kurtosis 1.8, so the std's standard error is smaller than for
     # a Gaussian; 5 Gaussian standard errors is a conservative bound.
     np.testing.assert_array_less(np.abs(inc.std(0) / std_want - 1), 5 / np.sqrt(2 * N_SAMPLES))
