@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lyapunov-paths", type=int, default=32, help="paths of the Lyapunov estimate")
     p.add_argument("--hessian-samples", type=int, default=64, help="training sequences")
     p.add_argument("--hessian-iterations", type=int, default=15, help="power iterations")
+    p.add_argument(
+        "--hessian-tolerance", type=float, default=1e-3, help="relative change to stop at"
+    )
     p.add_argument("--memory-steps", type=int, default=1000, help="steps of the step response")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo estimates")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -138,6 +141,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(
                 f"argument --{flag.replace('_', '-')}: expected an integer >= 1, got {value}"
             )
+    if not args.hessian_tolerance > 0:
+        parser.error(
+            f"argument --hessian-tolerance: expected a number > 0, got {args.hessian_tolerance}"
+        )
     if len(args.run_dirs) > 1 and args.out is None:
         parser.error("argument --out: required with several RUN_DIRs (where to put the comparison)")
 
@@ -282,7 +289,12 @@ def analyze_seed(
     x_train = data.x_train[: args.hessian_samples]
     y_train = data.y_train[: args.hessian_samples].astype("int64")
     hessian = analysis.top_hessian_eigenvalue(
-        model, x_train, y_train, iterations=args.hessian_iterations, tolerance=1e-3, seed=args.seed
+        model,
+        x_train,
+        y_train,
+        iterations=args.hessian_iterations,
+        tolerance=args.hessian_tolerance,
+        seed=args.seed,
     )
     fisher = analysis.fisher_rao_norm(model, data.x_train, data.y_train.astype("int64"))
     dt = mean_time_step(cell)
@@ -526,7 +538,7 @@ def run(args: argparse.Namespace, runs: list[RunInfo], out: Path) -> dict[str, A
         report["runs"].append(run_entry)
     if bar is not None:
         bar.close()
-    report["settings"] = {k: getattr(args, k) for k in (*_COUNTS, "seed")}
+    report["settings"] = {k: getattr(args, k) for k in (*_COUNTS, "hessian_tolerance", "seed")}
     report["notes"] = [
         "noise-dependent quantities use the run's noise levels for every model",
         "margin bound and Lipschitz constants are evaluated on each sample's own trajectory",

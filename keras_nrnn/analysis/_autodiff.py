@@ -1,9 +1,10 @@
 """Derivatives the diagnostics need, per Keras backend (private).
 
 `keras.ops` has no autodiff, so this module is the only backend-specific code of
-`keras_nrnn.analysis`. TensorFlow is the reference backend and supports everything; JAX and
-PyTorch support `batch_jacobian`, `hvp` and `directional_derivatives` as well, through their
-own autodiff (`jax.jacrev` / `jax.jvp` on `model.stateless_call`; `torch.autograd.grad`).
+`keras_nrnn.analysis`. TensorFlow is the reference backend; JAX and PyTorch implement
+`batch_jacobian`, `hvp` and `directional_derivatives` through their own autodiff
+(`jax.jacrev` / `jax.jvp` on `model.stateless_call`; `torch.autograd.grad`) and are checked
+against TensorFlow by `tests/keras_nrnn/test_analysis_backends.py`.
 """
 
 from __future__ import annotations

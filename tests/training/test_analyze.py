@@ -100,3 +100,6 @@ def test_unfinished_run_and_bad_flags(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(config))
     _one_line_error(capsys, analyze.main([str(tmp_path)]), "no finished seed")
     _one_line_error(capsys, analyze.main([str(tmp_path), "--samples", "0"]), "--samples")
+    _one_line_error(
+        capsys, analyze.main([str(tmp_path), "--hessian-tolerance", "0"]), "--hessian-tolerance"
+    )
