@@ -70,14 +70,17 @@ def tiny(out: Path, raw: Path, *extra: str, epochs: int = 1) -> list[str]:
 def test_presets_and_the_papers_rows():
     cpu = runner.parse_mnist_args([])
     assert (cpu.units, cpu.dt, cpu.beta, cpu.scheme) == (128, 0.01, 0.75, "research")
-    assert (cpu.epochs, cpu.subset, cpu.clipnorm) == (
+    assert (cpu.epochs, cpu.lr, cpu.subset, cpu.clipnorm) == (
         runner.CPU_PRESET["epochs"],
+        runner.CPU_PRESET["lr"],
         runner.CPU_PRESET["subset"],
         runner.CPU_PRESET["clipnorm"],
     )
+    assert cpu.lr_decay_epoch == cpu.epochs  # x0.1 in the last epoch of the CPU budget
     paper = runner.parse_mnist_args(["--preset", "paper"])
-    assert (paper.epochs, paper.lr_decay_epoch, paper.subset, paper.clipnorm) == (
+    assert (paper.epochs, paper.lr, paper.lr_decay_epoch, paper.subset, paper.clipnorm) == (
         100,
+        1e-3,
         91,
         None,
         None,
