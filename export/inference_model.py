@@ -676,10 +676,10 @@ def _foldable_lipschitz(cell: SDECell) -> bool:
         isinstance(cell, LipschitzCell)
         and cls.call is SDECell.call
         and cls.drift is SDECell.drift
-        and cls.integrate is SDECell.integrate
+        and cls.step is SDECell.step
         and cls.drift_projected is LipschitzCell.drift_projected
         and cls.project_inputs is LipschitzCell.project_inputs
-        and cell.scheme in ("euler_maruyama", "research")
+        and cell.scheme == "euler_maruyama"
         and cell._frozen_cache is not None
         and "recurrent_kernel" in cell._frozen_cache
         and "dt" in cell._frozen_cache

@@ -1,7 +1,10 @@
 """keras_nrnn: Noisy recurrent neural networks (Lim, Erichson, Hodgkinson, Mahoney, 2021) for Keras.
 
-Cells are `keras.layers.RNN`-compatible; their update is an Euler-Maruyama step of an SDE
-whose noise is active only in training mode.
+Cells are `keras.layers.RNN`-compatible; their update is one step of an SDE integrator whose
+noise is active only in training mode. The SDE is data, each piece on its own: the drift (one
+cell class per drift), the noise model (`keras_nrnn.noise`), the Brownian source
+(`keras_nrnn.brownian`) and the scheme (`keras_nrnn.schemes`); `SDERNN` is the fast
+`keras.layers.RNN` for them, and `keras_nrnn.registry` lists every cell.
 
 Example:
 
@@ -17,14 +20,14 @@ Example:
 (None, 2)
 """
 
-from keras_nrnn import noise, parametrization, schemes
+from keras_nrnn import brownian, noise, parametrization, registry, schemes
 from keras_nrnn.cells.antisymmetric import AntisymmetricCell, NoisyAntisymmetricCell
 from keras_nrnn.cells.base import SDECell
 from keras_nrnn.cells.cornn import CoRNNCell, NoisyCoRNNCell
 from keras_nrnn.cells.exprnn import ExpRNNCell, NoisyExpRNNCell
 from keras_nrnn.cells.lipschitz import LipschitzCell, NoisyLipschitzCell
 from keras_nrnn.layers.sde_rnn import SDERNN
-from keras_nrnn.noise import DiagonalNoise
+from keras_nrnn.noise import DiagonalNoise, ResearchNoise
 
 __version__ = "0.1.0"
 
@@ -39,8 +42,11 @@ __all__ = [
     "NoisyCoRNNCell",
     "NoisyExpRNNCell",
     "NoisyLipschitzCell",
+    "ResearchNoise",
     "SDECell",
+    "brownian",
     "noise",
     "parametrization",
+    "registry",
     "schemes",
 ]

@@ -74,9 +74,7 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """Return `value` if it is one of `choices`."""
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(
-            f"Argument `{name}` must be one of {choices}; received {name}={value!r}."
-        )
+        raise ValueError(f"Argument `{name}` must be one of {choices}; received {name}={value!r}.")
     return value
 
 

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-SCHEMES = ("euler_maruyama", "tamed", "research")
+SCHEMES = ("euler_maruyama", "tamed", "milstein", "research")
 LEARNABLE_DT = ("default", "none", "scalar", "per_unit")
 COMPARE_MODELS = ("nrnn", "lipschitz")
 
@@ -137,7 +137,8 @@ def build_parser(
         "--scheme",
         choices=SCHEMES,
         default=d.get("scheme", "euler_maruyama"),
-        help="integration scheme (eq. 5, tamed, or the paper's research-code update)",
+        help="integration scheme: eq. 5, tamed, Milstein, or 'research' = the paper's "
+        "research-code update (Euler steps with keras_nrnn.noise.ResearchNoise)",
     )
     g.add_argument(
         "--learnable-dt",

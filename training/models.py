@@ -1,9 +1,10 @@
 """Model registry of the experiment runners: `--model NAME` -> a compiled-ready Keras model.
 
-Every model is `Input((timesteps, features)) -> RNN(cell) -> Dense(classes)` (logits). The cell
-class is looked up *lazily by name* in `keras_nrnn` when a model is built, so a baseline cell that
-is not (yet) in the library makes only that model fail, with a clear `UnknownModelError`, and
-never breaks `import training.models`.
+Every model is `Input((timesteps, features)) -> RNN(cell) -> Dense(classes)` (logits). The
+model names come from the cell registry (`keras_nrnn.registry`): each registered drift gives a
+noisy and a deterministic model. The cell class is looked up by name in `keras_nrnn` when a
+model is built, so a missing class makes only that model fail, with a clear
+`UnknownModelError`.
 
 Hyperparameters are passed to a cell only when its constructor names them explicitly (for
 example `beta` goes to the Lipschitz cells but not to a cell without a `beta` argument), so one
@@ -14,6 +15,7 @@ cell. Deterministic models never receive noise levels.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 from typing import Any
@@ -56,19 +58,44 @@ class ModelSpec:
     fixed: tuple[tuple[str, Any], ...] = ()
 
 
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("nrnn", "NoisyLipschitzCell", True, "NRNN"),
-        ModelSpec("lipschitz", "LipschitzCell", False, "Lipschitz RNN"),
-        ModelSpec("antisymmetric", "AntisymmetricCell", False, "Antisymmetric RNN"),
-        ModelSpec("noisy_antisymmetric", "NoisyAntisymmetricCell", True, "Noisy Antisymmetric RNN"),
-        ModelSpec("cornn", "CoRNNCell", False, "coRNN"),
-        ModelSpec("noisy_cornn", "NoisyCoRNNCell", True, "Noisy coRNN"),
-        ModelSpec("exprnn", "ExpRNNCell", False, "expRNN"),
-        ModelSpec("noisy_exprnn", "NoisyExpRNNCell", True, "Noisy expRNN"),
-    )
-}
+def _registered_models() -> dict[str, ModelSpec]:
+    """The `--model` names of `keras_nrnn.registry`: each registered drift with and without
+    noise, so that a newly registered cell is a model here without editing this file."""
+    from keras_nrnn import registry
+
+    return {
+        m.name: ModelSpec(m.name, m.cell.__name__, m.noisy, m.label, m.entry.fixed)
+        for m in registry.models().values()
+    }
+
+
+class _RegisteredModels(collections.abc.MutableMapping):
+    """`MODELS`: a view of the registry, current at every access (a cell registered after
+    `import training.models` is a model too), with local entries layered on top."""
+
+    def __init__(self) -> None:
+        self._local: dict[str, ModelSpec] = {}
+
+    def _all(self) -> dict[str, ModelSpec]:
+        return {**_registered_models(), **self._local}
+
+    def __getitem__(self, name: str) -> ModelSpec:
+        return self._all()[name]
+
+    def __setitem__(self, name: str, spec: ModelSpec) -> None:
+        self._local[name] = spec
+
+    def __delitem__(self, name: str) -> None:
+        del self._local[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+MODELS: collections.abc.MutableMapping[str, ModelSpec] = _RegisteredModels()
 
 # Hyperparameter names offered to every cell; each cell takes the ones its constructor names.
 _SHARED = (
@@ -140,8 +167,10 @@ def resolve_cell_class(name: str) -> type:
     """
     spec = get_model_spec(name)
     import keras_nrnn
+    from keras_nrnn import registry
 
-    cls = getattr(keras_nrnn, spec.cell, None)
+    registered = {c.__name__: c for e in registry.cells() for c in (e.cls, e.noisy_cls)}
+    cls = getattr(keras_nrnn, spec.cell, None) or registered.get(spec.cell)
     if cls is None:
         raise UnknownModelError(
             f"Model {name!r} needs the cell `keras_nrnn.{spec.cell}`, which this installation "
@@ -175,6 +204,13 @@ def cell_kwargs(name: str, hparams: dict[str, Any], seed: int) -> dict[str, Any]
     values = dict(hparams, seed=seed)
     kwargs = {k: values[k] for k in offered if k in accepted and k in values}
     kwargs.update(dict(spec.fixed))
+    if kwargs.get("scheme") == "research":
+        # The runners' name for the paper's research-code update: Euler steps with the
+        # research code's noise model and, unless given, its learnable per-unit step.
+        kwargs["scheme"] = "euler_maruyama"
+        kwargs.setdefault("learnable_dt", "per_unit")
+        if spec.noisy:
+            kwargs["noise"] = "research"
     return kwargs
 
 
@@ -218,9 +254,8 @@ def build_model(
         timesteps: sequence length.
         features: input channels.
         classes: number of logits.
-        layer: `"auto"` (default: `keras_nrnn.SDERNN`, the fast path, for single-state
-            cells, `keras.layers.RNN` for the coRNN), `"rnn"` (`keras.layers.RNN`) or
-            `"sdernn"` (`keras_nrnn.SDERNN`, single-state keras_nrnn cells only).
+        layer: `"auto"` (default: `keras_nrnn.SDERNN`, the fast path, for every cell),
+            `"rnn"` (`keras.layers.RNN`) or `"sdernn"` (`keras_nrnn.SDERNN`).
 
     Returns:
         An uncompiled `keras.Model` named after the model.
@@ -240,9 +275,7 @@ def build_model(
         )
     cls = resolve_cell_class(name)
     cell = cls(**cell_kwargs(name, hparams, seed))
-    if layer == "auto":
-        layer = "sdernn" if isinstance(cell.state_size, int) else "rnn"
-    if layer == "sdernn":
+    if layer in ("auto", "sdernn"):
         import keras_nrnn
 
         rnn = keras_nrnn.SDERNN(cell, name="rnn")

@@ -26,9 +26,11 @@ from keras import ops
 
 from keras_nrnn.cells.base import SDECell
 from keras_nrnn.parametrization import lipschitz_matrix
+from keras_nrnn.registry import register_cell
 from keras_nrnn.validation import check_bool, check_non_negative, get_activation
 
 __all__ = ["AntisymmetricCell", "NoisyAntisymmetricCell"]
+
 
 @keras.saving.register_keras_serializable(package="keras_nrnn")
 class AntisymmetricCell(SDECell):
@@ -47,8 +49,8 @@ class AntisymmetricCell(SDECell):
         gamma: diffusion (damping) of `W`, >= 0 (default 0.0001, the paper's value).
         activation: activation `a` (default `"tanh"`).
         init_std: `M` starts from `N(0, (init_std / units)^2)`, >= 0.
-        learnable_dt: `None` (scheme default), `"none"`, `"scalar"` or `"per_unit"`.
-        scheme: `"euler_maruyama"` (default), `"tamed"` or `"research"`.
+        learnable_dt: `"none"` (default), `"scalar"` or `"per_unit"`.
+        scheme: `"euler_maruyama"` (default), `"tamed"` or `"milstein"`.
         use_bias: whether the drift has the bias `b`.
         kernel_initializer: initializer of the input kernel `V`.
         bias_initializer: initializer of `b`.
@@ -57,12 +59,13 @@ class AntisymmetricCell(SDECell):
         bias_regularizer: regularizer of `b`.
         kernel_constraint: constraint of `V`.
         bias_constraint: constraint of `b`.
-        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+        **kwargs: the noise (`noise`, `additive_noise`, `multiplicative_noise`, `seed`, see
+            `SDECell`) and base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: tensor of shape `(batch, features)`, one time step.
         states: list with one tensor of shape `(batch, units)`.
-        training: ignored by this deterministic cell (kept for the RNN API).
+        training: Python bool; the noise (if any) is injected only when True.
 
     Example:
 
@@ -75,8 +78,6 @@ class AntisymmetricCell(SDECell):
     >>> bool(np.allclose(w + 0.0001 * np.eye(8), -(w + 0.0001 * np.eye(8)).T))
     True
     """
-
-    supports_noise = False
 
     def __init__(
         self,
@@ -180,57 +181,22 @@ class NoisyAntisymmetricCell(AntisymmetricCell):
     from the cell's seeded `keras.random.SeedGenerator`. In inference mode (`training` False
     or absent) there is no noise and no random op: the cell is exactly `AntisymmetricCell`.
 
-    Args:
-        units: size of the hidden state, > 0.
-        dt: Euler-Maruyama step, > 0 (default 0.01).
-        gamma: diffusion (damping) of `W`, >= 0 (default 0.0001).
-        additive_noise: eps * sigma_1 of eq. 4, >= 0.
-        multiplicative_noise: eps * sigma_2 of eq. 4, >= 0.
-        activation: activation `a` (default `"tanh"`).
-        init_std: `M` starts from `N(0, (init_std / units)^2)`, >= 0.
-        seed: int or None, seed of the noise.
-        **kwargs: every other `AntisymmetricCell` argument (`learnable_dt`, `scheme`,
-            initializers, regularizers, constraints, `name`, `dtype`).
-
-    Call arguments:
-        inputs: tensor of shape `(batch, features)`, one time step.
-        states: list with one tensor of shape `(batch, units)`.
-        training: Python bool; noise is injected only when True.
+    The same class as its drift's (every argument, including `noise=`), kept under this name
+    for version 0.1 code and files.
 
     Example:
 
-    >>> import numpy as np, keras
-    >>> cell = NoisyAntisymmetricCell(8, additive_noise=0.1, multiplicative_noise=0.05, seed=1)
-    >>> layer = keras.layers.RNN(cell)
-    >>> x = np.ones((2, 5, 3), "float32")
-    >>> bool(np.allclose(layer(x), layer(x)))  # inference: deterministic
-    True
-    >>> bool(np.allclose(layer(x, training=True), layer(x)))  # training: noisy
-    False
+    >>> NoisyAntisymmetricCell(8, additive_noise=0.1, seed=1).noise
+    DiagonalNoise(additive=0.1, multiplicative=0.0)
     """
 
-    supports_noise = True
 
-    def __init__(
-        self,
-        units: int,
-        dt: float = 0.01,
-        gamma: float = 0.0001,
-        additive_noise: float = 0.0,
-        multiplicative_noise: float = 0.0,
-        activation: Any = "tanh",
-        init_std: float = 0.1,
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            units=units,
-            dt=dt,
-            gamma=gamma,
-            activation=activation,
-            init_std=init_std,
-            additive_noise=additive_noise,
-            multiplicative_noise=multiplicative_noise,
-            seed=seed,
-            **kwargs,
-        )
+register_cell(
+    AntisymmetricCell,
+    NoisyAntisymmetricCell,
+    model="antisymmetric",
+    noisy_model="noisy_antisymmetric",
+    label="Antisymmetric RNN",
+    noisy_label="Noisy Antisymmetric RNN",
+    example={"units": 8, "dt": 0.1},
+)

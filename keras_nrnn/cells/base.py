@@ -1,17 +1,23 @@
-"""`SDECell`: the base of every cell in this package.
+"""`SDECell`: the base of every cell in this package, and the step contract.
 
-A cell is three small pieces (DESIGN section 5):
+A cell is four pieces side by side (`docs/adding-a-cell.md`):
 
-- the drift `f(h, x)`, the continuous-time vector field, written by each subclass in
-  `build_drift`, `precompute` and `drift`;
-- the noise model (`keras_nrnn.noise.DiagonalNoise`), active only in training mode;
-- the integration scheme (`keras_nrnn.schemes`), which turns both into one step.
+- the drift `f(h, x)`, written by each subclass (`build_drift`, `precompute`,
+  `project_inputs`, `drift_projected`);
+- the noise model (`keras_nrnn.noise`), `noise=` on every cell, active only in training;
+- the Brownian source (`keras_nrnn.brownian`): the variates of each step from its key;
+- the integration scheme (`keras_nrnn.schemes`), which combines them into one step.
 
-Work that does not depend on the state (forming A and W from their parametrization,
-casting weights to the compute dtype) is done by `precompute` once per sequence: the
-`keras.layers.RNN` layer calls the cell's `get_dropout_mask` hook once before its time
-loop, and this class uses that hook to cache `precompute()`; a cell called directly
-(outside an RNN layer) computes it on the spot. See `docs/noise-and-randomness.md`.
+The step contract, used by `call`, `keras_nrnn.SDERNN` and export alike:
+
+- `precomputed()`: the per-sequence tensors (A, W, weights cast to the compute dtype, `dt`);
+- `project_inputs(inputs, cache)`: the input part of the drift, for a step or a sequence;
+- `draw(key, batch_size)`: the standard variates of one step from its Brownian key;
+- `step(projected, states, cache, draws)`: `(output, new_states)`; `draws=None` is inference.
+
+`precomputed()` is formed once per sequence: `keras.layers.RNN` calls the cell's
+`get_dropout_mask` hook once before its time loop and this class caches it there; a cell
+called directly (outside an RNN layer) computes it on the spot.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_nrnn import brownian
+from keras_nrnn import noise as noise_lib
 from keras_nrnn import schemes as schemes_lib
 from keras_nrnn._keras_internals import PreLoopHook as _PreLoopHook
-from keras_nrnn.noise import DiagonalNoise
 from keras_nrnn.validation import (
     check_choice,
     check_positive,
@@ -40,23 +47,22 @@ LEARNABLE_DT = ("none", "scalar", "per_unit")
 class SDECell(keras.layers.Layer, _PreLoopHook):
     """Base class: an RNN cell whose update is one step of `dh = f(h, x) dt + sigma dB`.
 
-    Subclasses implement `build_drift(input_dim)`, `precompute()` and
-    `drift(inputs, h, cache)`, and may override `call` for multi-part states.
+    Subclasses implement `build_drift(input_dim)`, `precompute()`, `project_inputs` and
+    `drift_projected(projected, h, cache)`; cells with a multi-part state override `step`
+    (and `get_initial_state`). See the module docstring for the step contract.
 
     Args:
         units: size of the state, > 0.
         dt: the step delta of eq. 5, > 0 (the initial value if learnable).
-        learnable_dt: `"none"`, `"scalar"`, `"per_unit"`, or `None` for the scheme's
-            default (`"per_unit"` for `scheme="research"`, `"none"` otherwise).
-        scheme: `"euler_maruyama"` (default, eq. 5), `"tamed"` or `"research"`.
-        additive_noise: eps * sigma_1 of eq. 4, >= 0.
-        multiplicative_noise: eps * sigma_2 of eq. 4, >= 0 (<= 1 for `"research"`).
-        seed: int or None; seeds the `keras.random.SeedGenerator` the noise is drawn from.
+        learnable_dt: `"none"` (default), `"scalar"` or `"per_unit"`.
+        scheme: `"euler_maruyama"` (default, eq. 5), `"tamed"` or `"milstein"`.
+        noise: a `keras_nrnn.noise.NoiseModel` (`DiagonalNoise`, `ResearchNoise`), its
+            config, `"diagonal"`/`"research"` with the levels below, or None (no noise).
+        additive_noise: shorthand for eq. 4: `eps * sigma_1`, >= 0.
+        multiplicative_noise: shorthand for eq. 4: `eps * sigma_2`, >= 0.
+        seed: int or None; seeds the `keras.random.SeedGenerator` the Brownian keys come from.
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
     """
-
-    #: Whether the constructor takes noise arguments (False for deterministic cells).
-    supports_noise: bool = True
 
     def __init__(
         self,
@@ -64,39 +70,38 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
         dt: float = 0.1,
         learnable_dt: str | None = None,
         scheme: str = "euler_maruyama",
-        additive_noise: float = 0.0,
-        multiplicative_noise: float = 0.0,
+        noise: Any = None,
+        additive_noise: float | None = None,
+        multiplicative_noise: float | None = None,
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.units = check_positive_int("units", units)
         self.dt = check_positive("dt", dt)
-        self.scheme = check_choice("scheme", scheme, schemes_lib.SCHEMES)
+        if scheme in schemes_lib.DEPRECATED:
+            # Version 0.1's scheme="research" is the research code's noise with Euler steps
+            # and, by default, a learnable per-unit dt (as that code has).
+            if noise is None:
+                noise = "research"
+            if learnable_dt is None:
+                learnable_dt = "per_unit"
+        self.integrator = schemes_lib.get(scheme)
+        self.scheme = self.integrator.name
         if learnable_dt is not None:
             check_choice("learnable_dt", learnable_dt, LEARNABLE_DT)
-        self.learnable_dt = learnable_dt
-        self.noise = DiagonalNoise(additive_noise, multiplicative_noise)
-        if not self.supports_noise and (self.noise.active or seed is not None):
-            # get_config omits the noise of a deterministic cell: a silently noisy one would
-            # not survive a save / load round trip.
-            raise ValueError(
-                f"{type(self).__name__} is deterministic and takes no noise arguments; received "
-                f"additive_noise={additive_noise!r}, multiplicative_noise="
-                f"{multiplicative_noise!r}, seed={seed!r}. Use its Noisy* counterpart."
-            )
-        if scheme == "research" and self.noise.multiplicative > 1.0:
-            raise ValueError(
-                "Argument `multiplicative_noise` must be <= 1 with scheme='research' (the "
-                "factor is drawn from U(1 - multiplicative_noise, 1)); received "
-                f"multiplicative_noise={multiplicative_noise!r}."
-            )
+        self.learnable_dt = "none" if learnable_dt is None else learnable_dt
+        self.noise = noise_lib.get(noise, additive_noise, multiplicative_noise)
+        self.integrator.check_noise(self.noise)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"Argument `seed` must be an int or None; received seed={seed!r}.")
         self.seed = seed
-        self._scheme = schemes_lib.get(scheme)
+        # One generator per cell, named after the (unique) layer name: on the torch backend
+        # variables are registered by name, and equal names collide.
         self.seed_generator = (
-            keras.random.SeedGenerator(seed, name="noise_seed") if self.noise.active else None
+            keras.random.SeedGenerator(seed, name=f"{self.name}_brownian_seed")
+            if self.noise is not None
+            else None
         )
         self.state_size = self.units
         self.output_size = self.units
@@ -105,14 +110,14 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
         self.recurrent_dropout = 0.0
         self._sequence_cache: dict | None = None
         self._frozen_cache: dict | None = None
+        #: Set by `SDERNN` while it drives the cell with keys reserved before its loop.
+        self._keys_from_loop = False
 
     # ----------------------------------------------------------------- pieces
     @property
     def resolved_learnable_dt(self) -> str:
-        """`learnable_dt` with the scheme default applied."""
-        if self.learnable_dt is not None:
-            return self.learnable_dt
-        return "per_unit" if self.scheme == "research" else "none"
+        """`learnable_dt` (kept for code written against version 0.1)."""
+        return self.learnable_dt
 
     def build_drift(self, input_dim: int) -> None:
         """Create the drift's weights for inputs with `input_dim` features."""
@@ -159,7 +164,7 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
                 f"known number of features; received a step input of shape {shape}."
             )
         self.build_drift(int(shape[-1]))
-        mode = self.resolved_learnable_dt
+        mode = self.learnable_dt
         if mode == "none":
             self.dt_variable = None
         else:
@@ -231,21 +236,75 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
                 f"{inputs.dtype}. Cast the data to float32 first."
             )
 
-    def integrate(self, h, f, training: bool, dt):
-        """One scheme step from `h` with drift value `f`; noise only when `training`."""
-        draws = None
-        if training and self.noise.active:
-            draws = self._scheme.draw(ops.shape(h), h.dtype, self.seed_generator)
-        return self._scheme.step(h, f, dt, self.noise, draws)
+    # ----------------------------------------------------------- step contract
+    def precomputed(self) -> dict:
+        """The per-sequence tensors of the step (`precompute()` plus `"dt"`), cached by the
+        pre-loop hook of `keras.layers.RNN` or frozen by `freeze()`."""
+        return self._cache()
+
+    def draw(self, key, batch_size) -> tuple | None:
+        """The standard variates of one step from its Brownian `key`, or None without noise.
+
+        Args:
+            key: the step's key, shape `(2,)` (see `keras_nrnn.brownian`).
+            batch_size: the batch size (int or scalar tensor).
+        """
+        if self.noise is None:
+            return None
+        return brownian.variates(
+            self.noise.variates, (batch_size, self.units), self.compute_dtype, key
+        )
+
+    def step(self, projected, states: list, cache: dict, draws: tuple | None):
+        """One step of the SDE: `(output, new_states)`.
+
+        Args:
+            projected: `project_inputs(x_t, cache)`, shape `(batch, units)`.
+            states: list of state tensors in the compute dtype.
+            cache: `precomputed()`.
+            draws: `draw(key, batch)` in training mode, None for inference.
+        """
+        h = states[0]
+
+        def drift(state):
+            return self.drift_projected(projected, state, cache)
+
+        h_new = self.integrator.step(h, drift, cache["dt"], self.noise, draws)
+        return h_new, [h_new]
 
     def call(self, inputs, states, training: bool = False):
-        h = states[0] if isinstance(states, list | tuple) else states
+        states = list(states) if isinstance(states, list | tuple) else [states]
         self._check_step_input(inputs)
-        h = ops.cast(h, self.compute_dtype)
+        states = [ops.cast(s, self.compute_dtype) for s in states]
         cache = self._cache()
-        f = self.drift(inputs, h, cache)
-        h_new = self.integrate(h, f, training, cache["dt"])
-        return h_new, [h_new]
+        draws = None
+        if training and self.noise is not None:
+            self._check_can_draw_per_step(inputs)
+            draws = self.draw(brownian.next_key(self.seed_generator), ops.shape(inputs)[0])
+        return self.step(self.project_inputs(inputs, cache), states, cache, draws)
+
+    def _check_can_draw_per_step(self, inputs) -> None:
+        """On JAX, refuse to advance the seed inside a loop body traced apart from the seed's
+        own trace (the `lax.scan` of `keras.layers.RNN`): the noise would be frozen, or the
+        trace would leak. Unrolled loops and direct calls advance it fine."""
+        if keras.backend.backend() != "jax":
+            return
+        import jax
+
+        state = self.seed_generator.state.value
+        nested = isinstance(inputs, jax.core.Tracer) and (
+            not isinstance(state, jax.core.Tracer)
+            or getattr(inputs, "_trace", None) is not getattr(state, "_trace", None)
+        )
+        if nested:
+            raise RuntimeError(
+                f"{type(self).__name__} with noise cannot draw its training noise inside "
+                "keras.layers.RNN on the JAX backend: the loop is a jax.lax.scan, which cannot "
+                "advance the cell's seed generator at each step (the noise would be frozen or "
+                "the trace would leak). Use keras_nrnn.SDERNN(cell) instead of "
+                "keras.layers.RNN(cell): it takes the Brownian keys of the whole sequence "
+                "before its loop and supports the same options (or unroll=True)."
+            )
 
     def get_initial_state(self, batch_size=None):
         return [ops.zeros((batch_size, self.units), dtype=self.compute_dtype)]
@@ -314,10 +373,5 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
         )
         for name in getattr(self, "_keras_object_names", ()):
             config[name] = serialize_keras_object(name, getattr(self, name))
-        if self.supports_noise:
-            config.update(
-                additive_noise=self.noise.additive,
-                multiplicative_noise=self.noise.multiplicative,
-                seed=self.seed,
-            )
+        config.update(noise=noise_lib.serialize(self.noise), seed=self.seed)
         return config

@@ -19,7 +19,8 @@ acceleration
           / (1 + dt epsilon).
 
 That is how the cell reuses the scheme and noise pieces of `SDECell`: the velocity is
-advanced by `SDECell.integrate(z, acc, training, dt)`, then `y_n = y_{n-1} + dt z_n`. So the
+advanced by the cell's scheme with the drift `z -> acc` (the `step` contract), then
+`y_n = y_{n-1} + dt z_n`. So the
 noisy cell (training mode, `scheme="euler_maruyama"`) is
 
     z_n = z_{n-1} + dt acc + (additive + multiplicative * acc) sqrt(dt) xi,    xi ~ N(0, I),
@@ -43,6 +44,7 @@ import keras
 from keras import ops
 
 from keras_nrnn.cells.base import SDECell
+from keras_nrnn.registry import register_cell
 from keras_nrnn.validation import check_bool, check_non_negative, get_activation
 
 __all__ = ["CoRNNCell", "NoisyCoRNNCell"]
@@ -73,8 +75,8 @@ class CoRNNCell(SDECell):
             eq. 3, division by `1 + dt epsilon`); False takes it at the old step, as the
             coRNN reference code does.
         activation: activation `a` (default `"tanh"`).
-        learnable_dt: `None` (scheme default), `"none"`, `"scalar"` or `"per_unit"`.
-        scheme: `"euler_maruyama"` (default), `"tamed"` or `"research"`; it advances the
+        learnable_dt: `"none"` (default), `"scalar"` or `"per_unit"`.
+        scheme: `"euler_maruyama"` (default), `"tamed"` or `"milstein"`; it advances the
             velocity `z` with the acceleration `acc`.
         use_bias: whether the drive has the bias `b`.
         kernel_initializer: initializer of the input kernel `V`, shape `(features, units)`.
@@ -86,12 +88,13 @@ class CoRNNCell(SDECell):
         kernel_constraint: constraint of `V`.
         recurrent_constraint: constraint of `W` and `W_z`.
         bias_constraint: constraint of `b`.
-        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+        **kwargs: the noise (`noise`, `additive_noise`, `multiplicative_noise`, `seed`, see
+            `SDECell`) and base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: tensor of shape `(batch, features)`, one time step.
         states: list `[y, z]` of two tensors of shape `(batch, units)`.
-        training: ignored by this deterministic cell (kept for the RNN API).
+        training: Python bool; the noise (if any) is injected only when True.
 
     Example:
 
@@ -103,8 +106,6 @@ class CoRNNCell(SDECell):
     >>> bool(np.array_equal(y, y_last))
     True
     """
-
-    supports_noise = False
 
     def __init__(
         self,
@@ -214,14 +215,15 @@ class CoRNNCell(SDECell):
             "h + dt f(h, x). Use `call` (or `acceleration_projected` for the velocity's drift)."
         )
 
-    def call(self, inputs, states, training: bool = False):
-        self._check_step_input(inputs)
-        dtype = self.compute_dtype
-        y, z = ops.cast(states[0], dtype), ops.cast(states[1], dtype)
-        cache = self._cache()
+    def step(self, projected, states: list, cache: dict, draws: tuple | None):
+        """The velocity advanced by the scheme with drift `acc`, then `y <- y + dt z`."""
+        y, z = states
         dt = cache["dt"]
-        acc = self.acceleration_projected(self.project_inputs(inputs, cache), y, z, cache)
-        z_new = self.integrate(z, acc, training, dt)
+
+        def acceleration(velocity):
+            return self.acceleration_projected(projected, y, velocity, cache)
+
+        z_new = self.integrator.step(z, acceleration, dt, self.noise, draws)
         y_new = y + dt * z_new
         return y_new, [y_new, z_new]
 
@@ -260,57 +262,22 @@ class NoisyCoRNNCell(CoRNNCell):
     mode (`training` False or absent) there is no noise and no random op: the cell is
     exactly `CoRNNCell`.
 
-    Args:
-        units: number of oscillators, > 0.
-        dt: time step, > 0 (default 0.042).
-        gamma: stiffness, >= 0 (default 2.7).
-        epsilon: damping, >= 0 (default 4.7).
-        additive_noise: additive noise level on the velocity, >= 0.
-        multiplicative_noise: noise level proportional to the acceleration, >= 0.
-        activation: activation `a` (default `"tanh"`).
-        seed: int or None, seed of the noise.
-        **kwargs: every other `CoRNNCell` argument (`learnable_dt`, `scheme`, initializers,
-            regularizers, constraints, `name`, `dtype`).
-
-    Call arguments:
-        inputs: tensor of shape `(batch, features)`, one time step.
-        states: list `[y, z]` of two tensors of shape `(batch, units)`.
-        training: Python bool; noise is injected only when True.
+    The same class as its drift's (every argument, including `noise=`), kept under this name
+    for version 0.1 code and files.
 
     Example:
 
-    >>> import numpy as np, keras
-    >>> cell = NoisyCoRNNCell(8, additive_noise=0.1, seed=1)
-    >>> layer = keras.layers.RNN(cell)
-    >>> x = np.ones((2, 5, 3), "float32")
-    >>> bool(np.allclose(layer(x), layer(x)))  # inference: deterministic
-    True
-    >>> bool(np.allclose(layer(x, training=True), layer(x)))  # training: noisy
-    False
+    >>> NoisyCoRNNCell(8, additive_noise=0.1, seed=1).state_size  # noise on the velocity
+    [8, 8]
     """
 
-    supports_noise = True
 
-    def __init__(
-        self,
-        units: int,
-        dt: float = 0.042,
-        gamma: float = 2.7,
-        epsilon: float = 4.7,
-        additive_noise: float = 0.0,
-        multiplicative_noise: float = 0.0,
-        activation: Any = "tanh",
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            units=units,
-            dt=dt,
-            gamma=gamma,
-            epsilon=epsilon,
-            activation=activation,
-            additive_noise=additive_noise,
-            multiplicative_noise=multiplicative_noise,
-            seed=seed,
-            **kwargs,
-        )
+register_cell(
+    CoRNNCell,
+    NoisyCoRNNCell,
+    model="cornn",
+    noisy_model="noisy_cornn",
+    label="coRNN",
+    noisy_label="Noisy coRNN",
+    example={"units": 8, "dt": 0.1},
+)

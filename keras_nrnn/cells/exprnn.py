@@ -22,11 +22,11 @@ mode (`scheme="euler_maruyama"`, paper eq. 5 with this drift) is
     h_t = map(h_{t-1}, x_t) + (additive + multiplicative * f) sqrt(dt) xi,    xi ~ N(0, I),
 
 which for the default `dt = 1` is `map + (additive + multiplicative * (map - h_{t-1})) xi`.
-In inference mode (schemes `"euler_maruyama"` and `"research"`) the cell returns `map(h, x)`
+In inference mode (schemes `"euler_maruyama"` and `"milstein"`) the cell returns `map(h, x)`
 itself, not `h + dt * ((map - h) / dt)`, so it is exactly the expRNN map, with no rounding
 difference. `scheme="tamed"` damps the increment `map - h` by `1 / (1 + ||map - h||)` and so
-is a different (contracted) model, also at inference. `learnable_dt` defaults to `"none"` for
-every scheme here: a learnable `dt` would only change the noise level.
+is a different (contracted) model, also at inference. Leave `learnable_dt` at `"none"`: a
+learnable `dt` would only change the noise level.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from keras import ops
 
 from keras_nrnn.cells.base import SDECell
 from keras_nrnn.parametrization import skew_symmetric
+from keras_nrnn.registry import register_cell
 from keras_nrnn.validation import get_keras_object
 
 __all__ = [
@@ -218,18 +219,19 @@ class ExpRNNCell(SDECell):
         bias_initializer: initializer of the modReLU bias `b`; `None` (default) gives
             `RandomUniform(-0.01, 0.01)`, as in the expRNN code.
         learnable_dt: `None` or `"none"` (default: fixed `dt`), `"scalar"` or `"per_unit"`.
-        scheme: `"euler_maruyama"` (default), `"tamed"` or `"research"`.
+        scheme: `"euler_maruyama"` (default), `"tamed"` or `"milstein"`.
         kernel_regularizer: regularizer of `B`.
         recurrent_regularizer: regularizer of `M`.
         bias_regularizer: regularizer of `b`.
         kernel_constraint: constraint of `B`.
         bias_constraint: constraint of `b`.
-        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+        **kwargs: the noise (`noise`, `additive_noise`, `multiplicative_noise`, `seed`, see
+            `SDECell`) and base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: tensor of shape `(batch, features)`, one time step.
         states: list with one tensor of shape `(batch, units)`.
-        training: ignored by this deterministic cell (kept for the RNN API).
+        training: Python bool; the noise (if any) is injected only when True.
 
     Example:
 
@@ -242,8 +244,6 @@ class ExpRNNCell(SDECell):
     >>> bool(np.abs(q.T @ q - np.eye(8)).max() < 1e-5)  # orthogonal
     True
     """
-
-    supports_noise = False
 
     def __init__(
         self,
@@ -276,11 +276,6 @@ class ExpRNNCell(SDECell):
             if bias_initializer is None
             else get_keras_object("bias_initializer", bias_initializer)
         )
-
-    @property
-    def resolved_learnable_dt(self) -> str:
-        """`learnable_dt`, `"none"` when unset, for every scheme (`dt` only scales the noise)."""
-        return "none" if self.learnable_dt is None else self.learnable_dt
 
     def build_drift(self, input_dim: int) -> None:
         self.kernel = self._add_input_kernel(input_dim)
@@ -327,21 +322,13 @@ class ExpRNNCell(SDECell):
         """`f = (map(h, x) - h) / dt`, so that `h + dt f` is the map."""
         return (self.map_projected(projected, h, cache) - h) / cache["dt"]
 
-    def _is_exact_map(self, training) -> bool:
-        # h + dt ((map - h) / dt) is the map for every dt without noise, except when tamed.
-        return self.scheme != "tamed" and not (training and self.noise.active)
-
-    def call(self, inputs, states, training: bool = False):
-        h = states[0] if isinstance(states, list | tuple) else states
-        self._check_step_input(inputs)
-        h = ops.cast(h, self.compute_dtype)
-        cache = self._cache()
-        dt = cache["dt"]
-        mapped = self.map_projected(self.project_inputs(inputs, cache), h, cache)
-        if self._is_exact_map(training):
+    def step(self, projected, states: list, cache: dict, draws: tuple | None):
+        """Without noise and with a scheme whose noise-free update is `h + dt f`, the map
+        itself (no rounding difference); otherwise the scheme's step of `f`."""
+        if draws is None and self.integrator.noise_free_is_euler:
+            mapped = self.map_projected(projected, states[0], cache)
             return mapped, [mapped]
-        h_new = self.integrate(h, (mapped - h) / dt, training, dt)
-        return h_new, [h_new]
+        return super().step(projected, states, cache, draws)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -369,51 +356,22 @@ class NoisyExpRNNCell(ExpRNNCell):
     `keras.random.SeedGenerator`. In inference mode (`training` False or absent) there is no
     noise and no random op: the cell is exactly `ExpRNNCell`.
 
-    Args:
-        units: size of the hidden state, > 0.
-        dt: time scale of the noise, > 0 (default 1); the map itself does not depend on it.
-        additive_noise: eps * sigma_1 of eq. 4, >= 0.
-        multiplicative_noise: eps * sigma_2 of eq. 4, >= 0.
-        recurrent_initializer: `"henaff"` (default), `"cayley"` or a Keras initializer of `M`.
-        seed: int or None, seed of the noise.
-        **kwargs: every other `ExpRNNCell` argument (`learnable_dt`, `scheme`, initializers,
-            regularizers, constraints, `name`, `dtype`).
-
-    Call arguments:
-        inputs: tensor of shape `(batch, features)`, one time step.
-        states: list with one tensor of shape `(batch, units)`.
-        training: Python bool; noise is injected only when True.
+    The same class as its drift's (every argument, including `noise=`), kept under this name
+    for version 0.1 code and files.
 
     Example:
 
-    >>> import numpy as np, keras
-    >>> cell = NoisyExpRNNCell(8, additive_noise=0.1, seed=1)
-    >>> layer = keras.layers.RNN(cell)
-    >>> x = np.ones((2, 5, 3), "float32")
-    >>> bool(np.allclose(layer(x), layer(x)))  # inference: deterministic
-    True
-    >>> bool(np.allclose(layer(x, training=True), layer(x)))  # training: noisy
-    False
+    >>> NoisyExpRNNCell(8, multiplicative_noise=0.1).dt  # dt only scales the noise
+    1.0
     """
 
-    supports_noise = True
 
-    def __init__(
-        self,
-        units: int,
-        dt: float = 1.0,
-        additive_noise: float = 0.0,
-        multiplicative_noise: float = 0.0,
-        recurrent_initializer: Any = "henaff",
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            units=units,
-            dt=dt,
-            recurrent_initializer=recurrent_initializer,
-            additive_noise=additive_noise,
-            multiplicative_noise=multiplicative_noise,
-            seed=seed,
-            **kwargs,
-        )
+register_cell(
+    ExpRNNCell,
+    NoisyExpRNNCell,
+    model="exprnn",
+    noisy_model="noisy_exprnn",
+    label="expRNN",
+    noisy_label="Noisy expRNN",
+    example={"units": 8},
+)

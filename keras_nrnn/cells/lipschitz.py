@@ -2,8 +2,8 @@
 
 Drift (paper eq. 3): `f(h, x) = A h + a(W h + U x + b)` with
 `A = (1 - beta)(M_A + M_A^T) + beta (M_A - M_A^T) - gamma_a I` and the same for `W`
-(appendix eq. 143-144). One step of the deterministic cell is `h + dt f(h, x)`; the noisy
-cell adds `(additive + multiplicative f) sqrt(dt) xi` in training mode (eq. 5).
+(appendix eq. 143-144). Without noise one step is `h + dt f(h, x)`; with eq. 4's noise the
+training step adds `(additive + multiplicative f) sqrt(dt) xi` (eq. 5).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from keras import ops
 
 from keras_nrnn.cells.base import SDECell
 from keras_nrnn.parametrization import lipschitz_matrix
+from keras_nrnn.registry import register_cell
 from keras_nrnn.validation import check_bool, check_in_range, check_non_negative, get_activation
 
 __all__ = ["LipschitzCell", "NoisyLipschitzCell"]
@@ -23,7 +24,7 @@ __all__ = ["LipschitzCell", "NoisyLipschitzCell"]
 
 @keras.saving.register_keras_serializable(package="keras_nrnn")
 class LipschitzCell(SDECell):
-    """Cell of the deterministic Lipschitz RNN: `h <- h + dt (A h + a(W h + U x + b))`.
+    """The Lipschitz RNN drift: `h <- h + dt (A h + a(W h + U x + b))`, noisy with `noise=`.
 
     `A` and `W` are formed from trainable square matrices `M_A`, `M_W` with the Lipschitz
     parametrization (see module docstring), once per sequence. Use inside
@@ -38,8 +39,8 @@ class LipschitzCell(SDECell):
         gamma_w: damping of `W`, >= 0.
         activation: Lipschitz activation `a` (default `"tanh"`).
         init_std: `M_A`, `M_W` start from `N(0, (init_std / units)^2)`, >= 0.
-        learnable_dt: `None` (scheme default), `"none"`, `"scalar"` or `"per_unit"`.
-        scheme: `"euler_maruyama"` (default), `"tamed"` or `"research"`.
+        learnable_dt: `"none"` (default), `"scalar"` or `"per_unit"`.
+        scheme: `"euler_maruyama"` (default), `"tamed"` or `"milstein"`.
         use_bias: whether the drift has the bias `b`.
         kernel_initializer: initializer of the input kernel `U`.
         bias_initializer: initializer of `b`.
@@ -48,12 +49,13 @@ class LipschitzCell(SDECell):
         bias_regularizer: regularizer of `b`.
         kernel_constraint: constraint of `U`.
         bias_constraint: constraint of `b`.
-        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+        **kwargs: the noise (`noise`, `additive_noise`, `multiplicative_noise`, `seed`, see
+            `SDECell`) and base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: tensor of shape `(batch, features)`, one time step.
         states: list with one tensor of shape `(batch, units)`.
-        training: ignored by this deterministic cell (kept for the RNN API).
+        training: Python bool; the noise (if any) is injected only when True.
 
     Example:
 
@@ -62,8 +64,6 @@ class LipschitzCell(SDECell):
     >>> tuple(layer(np.zeros((2, 5, 3), "float32")).shape)
     (2, 8)
     """
-
-    supports_noise = False
 
     def __init__(
         self,
@@ -178,35 +178,16 @@ class LipschitzCell(SDECell):
 
 @keras.saving.register_keras_serializable(package="keras_nrnn")
 class NoisyLipschitzCell(LipschitzCell):
-    """Cell of the Noisy RNN (Lim et al. 2021): an Euler-Maruyama step of the Lipschitz SDE.
+    """The Noisy RNN cell (Lim et al. 2021): `LipschitzCell` with the noise arguments in front.
 
-    In training mode the update is the paper's eq. 5,
+    The same class as `LipschitzCell` (every argument, including `noise=`), kept under the
+    paper's name: with `additive_noise` / `multiplicative_noise` (or `noise=`) the training
+    update is the paper's eq. 5,
 
         h <- h + dt f(h, x) + (additive_noise + multiplicative_noise * f(h, x)) sqrt(dt) xi,
 
-    with `f(h, x) = A h + a(W h + U x + b)` and `xi ~ N(0, I)` drawn fresh at every step of
-    every sequence from the cell's seeded `keras.random.SeedGenerator`. In inference mode
-    (`training` False or absent) there is no noise and no random op: the cell is exactly
-    `LipschitzCell`. Other schemes: `"tamed"` and `"research"` (see `keras_nrnn.schemes`).
-
-    Args:
-        units: size of the hidden state, > 0.
-        dt: Euler-Maruyama step delta, > 0.
-        beta: skew level of the parametrization, in [0, 1].
-        gamma_a: damping of `A`, >= 0.
-        gamma_w: damping of `W`, >= 0.
-        additive_noise: eps * sigma_1 of eq. 4 (the paper's ECG run: 0.06), >= 0.
-        multiplicative_noise: eps * sigma_2 of eq. 4 (the paper's ECG run: 0.03), >= 0.
-        activation: Lipschitz activation `a` (default `"tanh"`).
-        init_std: `M_A`, `M_W` start from `N(0, (init_std / units)^2)`.
-        seed: int or None, seed of the noise.
-        **kwargs: every other `LipschitzCell` argument (`learnable_dt`, `scheme`,
-            initializers, regularizers, constraints, `name`, `dtype`).
-
-    Call arguments:
-        inputs: tensor of shape `(batch, features)`, one time step.
-        states: list with one tensor of shape `(batch, units)`.
-        training: Python bool; noise is injected only when True.
+    `xi ~ N(0, I)` from the cell's Brownian source, fresh at every step of every sequence; in
+    inference mode (`training` False or absent) there is no noise and no random op.
 
     Example:
 
@@ -221,32 +202,13 @@ class NoisyLipschitzCell(LipschitzCell):
     False
     """
 
-    supports_noise = True
 
-    def __init__(
-        self,
-        units: int,
-        dt: float = 0.1,
-        beta: float = 0.75,
-        gamma_a: float = 0.001,
-        gamma_w: float = 0.001,
-        additive_noise: float = 0.0,
-        multiplicative_noise: float = 0.0,
-        activation: Any = "tanh",
-        init_std: float = 0.1,
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            units=units,
-            dt=dt,
-            beta=beta,
-            gamma_a=gamma_a,
-            gamma_w=gamma_w,
-            activation=activation,
-            init_std=init_std,
-            additive_noise=additive_noise,
-            multiplicative_noise=multiplicative_noise,
-            seed=seed,
-            **kwargs,
-        )
+register_cell(
+    LipschitzCell,
+    NoisyLipschitzCell,
+    model="lipschitz",
+    noisy_model="nrnn",
+    label="Lipschitz RNN",
+    noisy_label="NRNN",
+    example={"units": 8, "dt": 0.2, "beta": 0.8},
+)

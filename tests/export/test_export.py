@@ -122,7 +122,7 @@ def test_metadata(exported):
     assert (meta["features"], meta["num_classes"], meta["state_size"]) == (FEATURES, CLASSES, UNITS)
     assert meta["formats"] == ["savedmodel", "onnx"]
     assert meta["cells"][0]["class_name"] == "NoisyLipschitzCell"
-    assert meta["cells"][0]["config"]["additive_noise"] == 0.1
+    assert meta["cells"][0]["config"]["noise"]["config"]["additive"] == 0.1
     assert meta["training"] is None and meta["metrics"] is None
     assert meta["note"] == "test"
     assert meta["export_options"] == {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from backend_helpers import recurrent_layer
 
 from keras_nrnn import LipschitzCell, NoisyLipschitzCell
 
@@ -62,7 +63,7 @@ def x_seq():
 def test_inference_sequence_matches_numpy(x_seq, beta, gamma_a, gamma_w, dt, use_bias):
     cell = LipschitzCell(UNITS, dt=dt, beta=beta, gamma_a=gamma_a, gamma_w=gamma_w,
                          use_bias=use_bias)
-    layer = keras.layers.RNN(cell, return_sequences=True)
+    layer = recurrent_layer(cell, return_sequences=True)
     layer.build(x_seq.shape)
     randomize(cell, seed=1)
     got = keras.ops.convert_to_numpy(layer(x_seq))
@@ -73,7 +74,7 @@ def test_inference_sequence_matches_numpy(x_seq, beta, gamma_a, gamma_w, dt, use
 
 def test_noisy_cell_inference_is_the_deterministic_cell(x_seq):
     noisy = NoisyLipschitzCell(UNITS, dt=0.1, additive_noise=0.3, multiplicative_noise=0.2, seed=0)
-    layer = keras.layers.RNN(noisy, return_sequences=True)
+    layer = recurrent_layer(noisy, return_sequences=True)
     layer.build(x_seq.shape)
     randomize(noisy, seed=2)
     want = run_np(noisy, x_seq, 0.1)
@@ -87,7 +88,7 @@ def test_noisy_cell_inference_is_the_deterministic_cell(x_seq):
 @pytest.mark.parametrize("mode", ["scalar", "per_unit"])
 def test_learnable_dt_enters_the_update(x_seq, mode):
     cell = LipschitzCell(UNITS, dt=0.1, learnable_dt=mode)
-    layer = keras.layers.RNN(cell, return_sequences=True)
+    layer = recurrent_layer(cell, return_sequences=True)
     layer.build(x_seq.shape)
     randomize(cell, seed=3)
     dt = np.linspace(0.05, 0.2, UNITS) if mode == "per_unit" else np.float64(0.17)
@@ -165,7 +166,7 @@ def test_euler_maruyama_increment_mean_and_std(point, additive, multiplicative):
 
 def test_zero_noise_training_equals_inference(x_seq):
     cell = NoisyLipschitzCell(UNITS, additive_noise=0.0, multiplicative_noise=0.0, seed=3)
-    layer = keras.layers.RNN(cell, return_sequences=True)
+    layer = recurrent_layer(cell, return_sequences=True)
     layer.build(x_seq.shape)
     randomize(cell, seed=6)
     assert cell.seed_generator is None
@@ -179,7 +180,7 @@ def test_zero_noise_training_equals_inference(x_seq):
 
 def noisy_layer(seed, additive=0.2, units=UNITS, return_sequences=True):
     cell = NoisyLipschitzCell(units, additive_noise=additive, multiplicative_noise=0.1, seed=seed)
-    layer = keras.layers.RNN(cell, return_sequences=return_sequences)
+    layer = recurrent_layer(cell, return_sequences=return_sequences)
     layer.build((None, T, FEATURES))
     randomize(cell, seed=8)
     return layer
@@ -205,7 +206,7 @@ def test_steps_of_a_sequence_get_independent_increments():
     units, steps, dt, additive = 4, 3, 0.25, 0.5
     cell = NoisyLipschitzCell(units, dt=dt, gamma_a=0.0, gamma_w=0.0, additive_noise=additive,
                               seed=21, kernel_initializer="zeros")
-    layer = keras.layers.RNN(cell, return_sequences=True)
+    layer = recurrent_layer(cell, return_sequences=True)
     layer.build((None, steps, 1))
     cell.set_weights([np.zeros(w.shape, "float32") for w in cell.get_weights()])
     hs = keras.ops.convert_to_numpy(

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from backend_helpers import recurrent_layer, tensorflow_only
 
 from keras_nrnn import LipschitzCell, NoisyLipschitzCell
 
@@ -35,7 +36,7 @@ def randomize(layer, seed: int, scale: float = 0.4) -> None:
 
 
 def built_rnn(input_shape=(BATCH, T, FEATURES), seed=1, cell=None, **rnn_kwargs):
-    layer = keras.layers.RNN(cell if cell is not None else make_cell(), **rnn_kwargs)
+    layer = recurrent_layer(cell if cell is not None else make_cell(), **rnn_kwargs)
     layer.build(input_shape)
     randomize(layer, seed)
     return layer
@@ -58,7 +59,7 @@ def test_return_sequences_and_state_agree(x):
     seq, state = layer(x)
     assert seq.shape == (BATCH, T, UNITS) and state.shape == (BATCH, UNITS)
     np.testing.assert_array_equal(np_(seq)[:, -1], np_(state))
-    plain = keras.layers.RNN(layer.cell)  # same cell, default options
+    plain = recurrent_layer(layer.cell)  # same cell, default options
     np.testing.assert_allclose(np_(plain(x)), np_(state), rtol=RTOL, atol=ATOL)
     # The last output is the result of the whole recursion, not of one step.
     np.testing.assert_allclose(np_(plain(x[:, :-1])), np_(seq)[:, -2], rtol=RTOL, atol=ATOL)
@@ -77,7 +78,7 @@ def test_initial_state_is_used(x):
 
 def test_go_backwards_equals_reversed_input(x):
     back = built_rnn(return_sequences=True, go_backwards=True)
-    fwd = keras.layers.RNN(back.cell, return_sequences=True)
+    fwd = recurrent_layer(back.cell, return_sequences=True)
     got, want = np_(back(x)), np_(fwd(x[:, ::-1]))
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     assert np.abs(got[:, -1] - np_(fwd(x))[:, -1]).max() > 1e-3  # direction matters
@@ -85,7 +86,7 @@ def test_go_backwards_equals_reversed_input(x):
 
 def test_stateful_two_halves_equal_one_call(x):
     whole = built_rnn(return_sequences=True)
-    stateful = keras.layers.RNN(make_cell(), return_sequences=True, stateful=True)
+    stateful = recurrent_layer(make_cell(), return_sequences=True, stateful=True)
     stateful.build((BATCH, T // 2, FEATURES))
     stateful.cell.set_weights(whole.cell.get_weights())
     first, second = np_(stateful(x[:, : T // 2])), np_(stateful(x[:, T // 2 :]))
@@ -99,7 +100,7 @@ def test_stateful_two_halves_equal_one_call(x):
 
 def test_unroll_equals_loop(x):
     loop = built_rnn(return_sequences=True)
-    unrolled = keras.layers.RNN(loop.cell, return_sequences=True, unroll=True)
+    unrolled = recurrent_layer(loop.cell, return_sequences=True, unroll=True)
     np.testing.assert_allclose(np_(unrolled(x)), np_(loop(x)), rtol=RTOL, atol=ATOL)
 
 
@@ -110,17 +111,18 @@ def test_mask_zero_embedding_skips_padded_steps():
     for i, n in enumerate(lengths):
         tokens[i, :n] = rng.integers(1, 20, n)
     embed = keras.layers.Embedding(20, FEATURES, mask_zero=True)
-    rnn = keras.layers.RNN(make_cell(), return_sequences=True)
+    rnn = recurrent_layer(make_cell(), return_sequences=True)
     inputs = keras.Input((T,), dtype="int32")
     model = keras.Model(inputs, rnn(embed(inputs)))
     randomize(rnn, seed=3)
     seq = np_(model(tokens))
     emb = np_(embed(tokens))
     for i, n in enumerate(lengths):
-        prefix = np_(keras.layers.RNN(rnn.cell, return_sequences=True)(emb[i : i + 1, :n]))[0]
+        prefix = np_(recurrent_layer(rnn.cell, return_sequences=True)(emb[i : i + 1, :n]))[0]
         np.testing.assert_allclose(seq[i, :n], prefix, rtol=RTOL, atol=ATOL)
-        # Masked steps leave the state (and the output) where it was.
-        np.testing.assert_array_equal(seq[i, n:], np.repeat(prefix[-1:], T - n, 0))
+        # Masked steps leave the state (and the output) where it was (to rounding: the torch
+        # backend blends old and new state arithmetically).
+        np.testing.assert_allclose(seq[i, n:], np.repeat(prefix[-1:], T - n, 0), atol=1e-7)
 
 
 def test_masking_layer_with_left_padding(x):
@@ -130,24 +132,24 @@ def test_masking_layer_with_left_padding(x):
     for i, s in enumerate(starts):
         xp[i, :s] = 0.0
     inputs = keras.Input((T, FEATURES))
-    rnn = keras.layers.RNN(make_cell(), return_state=True)
+    rnn = recurrent_layer(make_cell(), return_state=True)
     model = keras.Model(inputs, rnn(keras.layers.Masking(0.0)(inputs)))
     randomize(rnn, seed=4)
     last, state = (np_(t) for t in model(xp))
     np.testing.assert_array_equal(last, state)
     for i, s in enumerate(starts):
-        want = np_(keras.layers.RNN(rnn.cell)(x[i : i + 1, s:]))[0]
+        want = np_(recurrent_layer(rnn.cell)(x[i : i + 1, s:]))[0]
         np.testing.assert_allclose(state[i], want, rtol=RTOL, atol=ATOL)
 
 
 def test_bidirectional_halves(x):
-    bi = keras.layers.Bidirectional(keras.layers.RNN(make_cell(), return_sequences=True))
+    bi = keras.layers.Bidirectional(recurrent_layer(make_cell(), return_sequences=True))
     bi.build(x.shape)
     randomize(bi, seed=5)
     out = np_(bi(x))
     assert out.shape == (BATCH, T, 2 * UNITS)
-    fwd = np_(keras.layers.RNN(bi.forward_layer.cell, return_sequences=True)(x))
-    bwd = np_(keras.layers.RNN(bi.backward_layer.cell, return_sequences=True)(x[:, ::-1]))
+    fwd = np_(recurrent_layer(bi.forward_layer.cell, return_sequences=True)(x))
+    bwd = np_(recurrent_layer(bi.backward_layer.cell, return_sequences=True)(x[:, ::-1]))
     np.testing.assert_allclose(out[..., :UNITS], fwd, rtol=RTOL, atol=ATOL)
     # Keras re-reverses the backward outputs so that they are aligned with the inputs.
     np.testing.assert_allclose(out[..., UNITS:], bwd[:, ::-1], rtol=RTOL, atol=ATOL)
@@ -162,7 +164,7 @@ def test_bidirectional_with_own_backward_seed_gets_independent_noise():
 
     def rnn(seed, go_backwards=False):
         cell = NoisyLipschitzCell(UNITS, additive_noise=1.0, gamma_a=0.0, gamma_w=0.0, seed=seed)
-        return keras.layers.RNN(cell, return_sequences=True, go_backwards=go_backwards)
+        return recurrent_layer(cell, return_sequences=True, go_backwards=go_backwards)
 
     bi = keras.layers.Bidirectional(rnn(1), backward_layer=rnn(2, go_backwards=True))
     bi.build(zeros.shape)
@@ -176,14 +178,18 @@ def test_bidirectional_with_own_backward_seed_gets_independent_noise():
 
 def test_stacked_cells_equal_two_layers(x):
     cells = [make_cell(seed=1), make_cell(seed=2, dt=0.2)]
-    stacked = keras.layers.RNN(keras.layers.StackedRNNCells(cells), return_sequences=True)
+    stacked = recurrent_layer(keras.layers.StackedRNNCells(cells), return_sequences=True)
     stacked.build(x.shape)
     randomize(stacked, seed=6)
-    first = np_(keras.layers.RNN(cells[0], return_sequences=True)(x))
-    second = np_(keras.layers.RNN(cells[1], return_sequences=True)(first))
+    first = np_(recurrent_layer(cells[0], return_sequences=True)(x))
+    second = np_(recurrent_layer(cells[1], return_sequences=True)(first))
     np.testing.assert_allclose(np_(stacked(x)), second, rtol=RTOL, atol=ATOL)
     # Each cell's per-sequence cache is dropped after the loop.
     assert all(c._sequence_cache is None for c in cells)
+    if keras.backend.backend() == "jax":  # StackedRNNCells run in lax.scan: refused, named
+        with pytest.raises(RuntimeError, match="SDERNN"):
+            stacked(x, training=True)
+        return
     assert np.abs(np_(stacked(x, training=True)) - second).max() > 1e-3
 
 
@@ -200,15 +206,15 @@ def classifier_data(n=32, seed=0):
 def sequential_model(**cell_kwargs):
     return keras.Sequential([
         keras.Input((T, FEATURES)),
-        keras.layers.RNN(make_cell(**cell_kwargs)),
+        recurrent_layer(make_cell(**cell_kwargs)),
         keras.layers.Dense(2),
     ])
 
 
 def functional_model(**cell_kwargs):
     inputs = keras.Input((T, FEATURES))
-    seq = keras.layers.RNN(make_cell(**cell_kwargs), return_sequences=True)(inputs)
-    h = keras.layers.RNN(make_cell(noisy=False))(seq)
+    seq = recurrent_layer(make_cell(**cell_kwargs), return_sequences=True)(inputs)
+    h = recurrent_layer(make_cell(noisy=False))(seq)
     return keras.Model(inputs, keras.layers.Dense(2)(h))
 
 
@@ -233,6 +239,7 @@ def test_fit_evaluate_predict(build):
     np.testing.assert_allclose(loss, np_(ref), rtol=1e-5)
 
 
+@tensorflow_only
 @pytest.mark.parametrize("scheme", ["euler_maruyama", "tamed", "research"])
 def test_gradient_tape_every_weight_finite_and_nonzero(scheme):
     xs, ys = classifier_data(16)
@@ -256,6 +263,7 @@ def test_gradient_tape_every_weight_finite_and_nonzero(scheme):
     assert np.all(np.isfinite(losses))
 
 
+@tensorflow_only
 def test_gradients_match_finite_differences_in_inference_mode():
     """The cache formed before the loop is differentiated through, not treated as constant."""
     xs = classifier_data(4)[0]

@@ -2,7 +2,7 @@
 
 - `Scheme.step` with given draws equals the formula of `keras_nrnn.schemes` written in numpy;
 - the cell's inference update over a whole sequence, per scheme ("tamed":
-  `h + dt f / (1 + ||dt f||)`, "research": `h + d f` with a learnable per-unit `d`);
+  `h + dt f / (1 + ||dt f||)`, research noise: `h + d f` with a learnable per-unit `d`);
 - one training step's empirical mean and std per scheme on 20,000 samples.
 """
 
@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_nrnn import LipschitzCell, NoisyLipschitzCell, schemes
-from keras_nrnn.noise import DiagonalNoise
+from keras_nrnn import LipschitzCell, NoisyLipschitzCell, brownian, schemes
+from keras_nrnn.noise import DiagonalNoise, ResearchNoise
 
 UNITS, FEATURES, T, BATCH = 5, 2, 10, 4
 N_SAMPLES = 20_000
@@ -57,10 +57,14 @@ def hfd():
 def test_euler_maruyama_step_formula(hfd):
     h, f, xi, _ = hfd
     noise = DiagonalNoise(0.2, 0.3)
-    got = np.asarray(schemes.get("euler_maruyama").step(h, f, 0.04, noise, (xi,)))
+    got = keras.ops.convert_to_numpy(
+        schemes.get("euler_maruyama").step(h, lambda _: f, 0.04, noise, (xi,))
+    )
     want = h + 0.04 * f + (0.2 + 0.3 * f) * 0.2 * xi
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    det = np.asarray(schemes.get("euler_maruyama").step(h, f, 0.04, noise, None))
+    det = keras.ops.convert_to_numpy(
+        schemes.get("euler_maruyama").step(h, lambda _: f, 0.04, noise, None)
+    )
     np.testing.assert_allclose(det, h + 0.04 * f, rtol=1e-6, atol=1e-7)
 
 
@@ -68,29 +72,35 @@ def test_tamed_step_formula_and_bound(hfd):
     h, f, xi, _ = hfd
     noise = DiagonalNoise(0.2, 0.0)
     scheme = schemes.get("tamed")
-    got = np.asarray(scheme.step(h, f, 0.5, noise, (xi,)))
+    got = keras.ops.convert_to_numpy(scheme.step(h, lambda _: f, 0.5, noise, (xi,)))
     want = tamed_np(h.astype(np.float64), f, 0.5) + 0.2 * np.sqrt(0.5) * xi
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    huge = np.asarray(scheme.step(h, 1e6 * f, 10.0, None, None))
+    huge = keras.ops.convert_to_numpy(scheme.step(h, lambda _: 1e6 * f, 10.0, None, None))
     assert np.linalg.norm(huge - h, axis=-1).max() <= 1.0 + 1e-5  # the drift step never > 1
 
 
 def test_research_step_formula(hfd):
     h, f, xi, u = hfd
     d = np.linspace(0.05, 0.3, 4).astype("float32")  # per-unit step
-    noise = DiagonalNoise(0.1, 0.4)
-    scheme = schemes.get("research")
-    got = np.asarray(scheme.step(h, f, d, noise, (xi, u)))
+    noise = ResearchNoise(0.1, 0.4)
+    scheme = schemes.get("euler_maruyama")
+    got = keras.ops.convert_to_numpy(scheme.step(h, lambda _: f, d, noise, (xi, u)))
     want = h + d * f * (1 - 0.4 * u) + 0.1 * xi  # no sqrt(dt) on the additive part
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(scheme.step(h, f, d, noise, None)), h + d * f,
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(scheme.step(h, lambda _: f, d, noise, None)),
+        h + d * f,
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_research_draw_gives_normal_and_uniform():
-    gen = keras.random.SeedGenerator(3)
-    xi, u = (keras.ops.convert_to_numpy(t) for t in
-             schemes.get("research").draw((N_SAMPLES,), "float32", gen))
+    key = brownian.next_key(keras.random.SeedGenerator(3))
+    xi, u = (
+        keras.ops.convert_to_numpy(t)
+        for t in brownian.variates(ResearchNoise.variates, (N_SAMPLES,), "float32", key)
+    )
     assert u.min() >= 0.0 and u.max() < 1.0
     assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 12 / N_SAMPLES)
     assert abs(xi.mean()) < 5 / np.sqrt(N_SAMPLES)
@@ -101,6 +111,28 @@ def test_research_draw_gives_normal_and_uniform():
 def test_unknown_scheme_name():
     with pytest.raises(ValueError, match=r"`scheme`.*'rk4'"):
         schemes.get("rk4")
+
+
+def test_milstein_refuses_research_noise_by_name():
+    with pytest.raises(ValueError, match=r"milstein.*DiagonalNoise.*ResearchNoise"):
+        LipschitzCell(UNITS, scheme="milstein", noise=ResearchNoise(0.1, 0.1))
+
+
+def test_milstein_step_formula(hfd):
+    h, f, xi, _ = hfd
+    noise, dt = DiagonalNoise(0.2, 0.3), 0.04
+
+    def drift(state):  # a drift that depends on the state, so the correction is not zero
+        return keras.ops.convert_to_tensor(f) + 0.5 * state
+
+    got = keras.ops.convert_to_numpy(schemes.get("milstein").step(h, drift, dt, noise, (xi,)))
+    f0 = f + 0.5 * h
+    s0 = 0.2 + 0.3 * f0
+    support = h + dt * f0 + s0 * np.sqrt(dt)
+    s1 = 0.2 + 0.3 * (f + 0.5 * support)
+    d_b = np.sqrt(dt) * xi
+    want = h + dt * f0 + s0 * d_b + (s1 - s0) * (d_b**2 - dt) / (2 * np.sqrt(dt))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------- inference over a sequence
@@ -135,9 +167,9 @@ def test_tamed_inference_sequence(x_seq):
 
 
 def test_research_inference_sequence_uses_per_unit_step(x_seq):
-    cell = NoisyLipschitzCell(UNITS, dt=0.1, scheme="research", additive_noise=0.1,
-                              multiplicative_noise=0.5, seed=0)
-    assert cell.resolved_learnable_dt == "per_unit"
+    cell = NoisyLipschitzCell(
+        UNITS, dt=0.1, noise=ResearchNoise(0.1, 0.5), learnable_dt="per_unit", seed=0
+    )
     layer = run_layer(cell, x_seq)
     randomize(cell, seed=3)
     d = np.linspace(0.02, 0.3, UNITS).astype("float32")
@@ -151,13 +183,16 @@ def test_research_inference_sequence_uses_per_unit_step(x_seq):
 
 
 def test_research_per_unit_step_starts_at_dt():
-    cell = LipschitzCell(UNITS, dt=0.07, scheme="research")
+    with pytest.warns(DeprecationWarning):  # version 0.1's spelling
+        cell = LipschitzCell(UNITS, dt=0.07, scheme="research")
     cell.build((None, FEATURES))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(cell.dt_variable), np.full(UNITS, 0.07),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(cell.dt_variable), np.full(UNITS, 0.07), rtol=1e-6
+    )
     assert cell.dt_variable.trainable
-    fixed = LipschitzCell(UNITS, scheme="research", learnable_dt="none")
-    assert fixed.resolved_learnable_dt == "none"
+    with pytest.warns(DeprecationWarning):
+        fixed = LipschitzCell(UNITS, scheme="research", learnable_dt="none")
+    assert fixed.learnable_dt == "none"
 
 
 # ------------------------------------------------------------- one training step: moments
@@ -179,8 +214,9 @@ def point():
 def test_tamed_training_step_moments(point):
     h, x = point
     dt, add, mult = 0.5, 0.1, 0.4
-    cell = NoisyLipschitzCell(UNITS, dt=dt, scheme="tamed", additive_noise=add,
-                              multiplicative_noise=mult, seed=5)
+    cell = NoisyLipschitzCell(
+        UNITS, dt=dt, scheme="tamed", additive_noise=add, multiplicative_noise=mult, seed=5
+    )
     cell.build((None, FEATURES))
     randomize(cell, seed=4, scale=1.0)
     f = drift_np(cell, h[None], x[None])[0]
@@ -188,16 +224,18 @@ def test_tamed_training_step_moments(point):
     assert np.abs(mean_want - dt * f).max() > 0.05  # distinguishable from the untamed mean
     std_want = np.abs(add + mult * f) * np.sqrt(dt)
     inc = one_step_increments(cell, h, x)
-    np.testing.assert_array_less(np.abs(inc.mean(0) - mean_want),
-                                 5 * std_want / np.sqrt(N_SAMPLES) + 1e-6)
+    np.testing.assert_array_less(
+        np.abs(inc.mean(0) - mean_want), 5 * std_want / np.sqrt(N_SAMPLES) + 1e-6
+    )
     np.testing.assert_array_less(np.abs(inc.std(0) / std_want - 1), 5 / np.sqrt(2 * N_SAMPLES))
 
 
 @pytest.mark.parametrize(("add", "mult"), [(0.0, 0.6), (0.05, 0.3)])
 def test_research_training_step_moments(point, add, mult):
     h, x = point
-    cell = NoisyLipschitzCell(UNITS, dt=0.1, scheme="research", additive_noise=add,
-                              multiplicative_noise=mult, seed=6)
+    cell = NoisyLipschitzCell(
+        UNITS, dt=0.1, noise=ResearchNoise(add, mult), learnable_dt="per_unit", seed=6
+    )
     cell.build((None, FEATURES))
     randomize(cell, seed=5, scale=0.8)
     d = np.linspace(0.1, 0.5, UNITS)
@@ -208,8 +246,9 @@ def test_research_training_step_moments(point, add, mult):
     # m ~ U(1 - mult, 1): E[m] = 1 - mult / 2, Var[m] = mult^2 / 12; xi has no sqrt(dt).
     mean_want = d * f * (1 - mult / 2)
     std_want = np.sqrt((d * f * mult) ** 2 / 12 + add**2)
-    np.testing.assert_array_less(np.abs(inc.mean(0) - mean_want),
-                                 5 * std_want / np.sqrt(N_SAMPLES) + 1e-6)
+    np.testing.assert_array_less(
+        np.abs(inc.mean(0) - mean_want), 5 * std_want / np.sqrt(N_SAMPLES) + 1e-6
+    )
     # The uniform factor has kurtosis 1.8, so the std's standard error is smaller than for
     # a Gaussian; 5 Gaussian standard errors is a conservative bound.
     np.testing.assert_array_less(np.abs(inc.std(0) / std_want - 1), 5 / np.sqrt(2 * N_SAMPLES))

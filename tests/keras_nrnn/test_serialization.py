@@ -61,9 +61,14 @@ def serialized(value):
     return keras.saving.serialize_keras_object(value)
 
 
+NOISE_ARGS = {"additive_noise", "multiplicative_noise"}
+
+
 def test_every_constructor_argument_is_covered():
-    assert constructor_arguments(NoisyLipschitzCell) == set(non_default_arguments())
-    assert constructor_arguments(LipschitzCell) == set(non_default_arguments())
+    # `noise=` (the noise model object) is covered by test_noise_model_round_trip.
+    covered = set(non_default_arguments()) | {"noise"}
+    assert constructor_arguments(NoisyLipschitzCell) == covered
+    assert constructor_arguments(LipschitzCell) == covered
 
 
 @pytest.mark.parametrize("arg", sorted(non_default_arguments()))
@@ -75,11 +80,14 @@ def test_single_argument_round_trip(arg):
     cell = NoisyLipschitzCell(**kwargs)
     config = cell.get_config()
     default = NoisyLipschitzCell(UNITS).get_config()
-    assert config[arg] != default[arg], f"get_config ignores {arg}"
+    key = "noise" if arg in NOISE_ARGS else arg  # the shorthand is stored as the noise model
+    assert config[key] != default[key], f"get_config ignores {arg}"
     assert json.loads(json.dumps(config)) == config  # JSON-serializable as it is
     clone = NoisyLipschitzCell.from_config(config)
     assert clone.get_config() == config
-    if isinstance(value, int | float | str | bool):
+    if arg in NOISE_ARGS:
+        assert getattr(clone.noise, arg.removesuffix("_noise")) == value
+    elif isinstance(value, int | float | str | bool):
         assert config[arg] == value
     else:
         assert config[arg] == serialized(value)
@@ -117,26 +125,58 @@ def test_all_arguments_at_once_behave_the_same_after_round_trip():
 
 
 @pytest.mark.parametrize("learnable_dt", [None, "none", "scalar", "per_unit"])
-@pytest.mark.parametrize("scheme", ["euler_maruyama", "tamed", "research"])
+@pytest.mark.parametrize("scheme", ["euler_maruyama", "tamed", "milstein"])
 def test_learnable_dt_and_scheme_round_trip(learnable_dt, scheme):
     cell = NoisyLipschitzCell(UNITS, learnable_dt=learnable_dt, scheme=scheme, additive_noise=0.1)
     clone = NoisyLipschitzCell.from_config(cell.get_config())
-    assert (clone.learnable_dt, clone.scheme) == (learnable_dt, scheme)
-    assert clone.resolved_learnable_dt == cell.resolved_learnable_dt
+    assert (clone.learnable_dt, clone.scheme) == (learnable_dt or "none", scheme)
     for c in (cell, clone):
         c.build((None, FEATURES))
     assert [tuple(w.shape) for w in clone.weights] == [tuple(w.shape) for w in cell.weights]
 
 
-def test_deterministic_cell_round_trip_and_rejects_noise():
-    cell = LipschitzCell(UNITS, dt=0.3, beta=0.9, scheme="research", learnable_dt="scalar")
+@pytest.mark.parametrize("learnable_dt", [None, "none", "scalar", "per_unit"])
+def test_deprecated_research_scheme_maps_to_research_noise(learnable_dt):
+    from keras_nrnn.noise import ResearchNoise
+
+    with pytest.warns(DeprecationWarning, match="ResearchNoise"):
+        cell = NoisyLipschitzCell(
+            UNITS, learnable_dt=learnable_dt, scheme="research", additive_noise=0.1
+        )
+    assert cell.scheme == "euler_maruyama" and cell.noise == ResearchNoise(0.1, 0.0)
+    assert cell.learnable_dt == (learnable_dt or "per_unit")  # the research code's default
+    clone = NoisyLipschitzCell.from_config(cell.get_config())
+    assert clone.get_config() == cell.get_config()
+
+
+@pytest.mark.parametrize(
+    "noise", ["DiagonalNoise(0.1, 0.2)", "ResearchNoise(0.02, 0.5)", "None"]
+)
+def test_noise_model_round_trip(noise):
+    from keras_nrnn.noise import DiagonalNoise, ResearchNoise  # noqa: F401
+
+    model = eval(noise)
+    cell = LipschitzCell(UNITS, noise=model, seed=None if model is None else 4)
     config = cell.get_config()
-    assert not {"additive_noise", "multiplicative_noise", "seed"} & set(config)
-    assert LipschitzCell.from_config(config).get_config() == config
-    # Noise would be silently dropped by get_config: the constructor refuses it.
-    for bad in ({"additive_noise": 0.1}, {"multiplicative_noise": 0.1}, {"seed": 3}):
-        with pytest.raises(ValueError, match=r"LipschitzCell is deterministic"):
-            LipschitzCell(UNITS, **bad)
+    assert json.loads(json.dumps(config)) == config
+    clone = keras.saving.deserialize_keras_object(serialized(cell))
+    assert clone.noise == model and clone.seed == cell.seed
+    assert (clone.seed_generator is None) == (model is None)
+
+
+def test_one_class_per_drift_takes_noise_and_a_v0_1_config_without_noise_loads():
+    noisy = LipschitzCell(UNITS, additive_noise=0.1, seed=3)
+    assert noisy.noise is not None and noisy.get_config()["seed"] == 3
+    # Version 0.1 wrote no noise keys for the deterministic cell: it loads without noise.
+    config = LipschitzCell(UNITS, dt=0.3, beta=0.9, learnable_dt="scalar").get_config()
+    for key in ("noise", "seed"):
+        config.pop(key)
+    clone = LipschitzCell.from_config(config)
+    assert clone.noise is None and clone.seed_generator is None
+    with pytest.raises(ValueError, match="not both"):
+        from keras_nrnn.noise import DiagonalNoise
+
+        LipschitzCell(UNITS, noise=DiagonalNoise(0.1), additive_noise=0.1)
 
 
 def test_rnn_layer_config_with_the_cell():
