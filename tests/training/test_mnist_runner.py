@@ -7,6 +7,7 @@ real copy.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -70,14 +71,17 @@ def tiny(out: Path, raw: Path, *extra: str, epochs: int = 1) -> list[str]:
 def test_presets_and_the_papers_rows():
     cpu = runner.parse_mnist_args([])
     assert (cpu.units, cpu.dt, cpu.beta, cpu.scheme) == (128, 0.01, 0.75, "research")
-    assert (cpu.epochs, cpu.subset, cpu.clipnorm) == (
+    assert (cpu.epochs, cpu.lr, cpu.subset, cpu.clipnorm) == (
         runner.CPU_PRESET["epochs"],
+        runner.CPU_PRESET["lr"],
         runner.CPU_PRESET["subset"],
         runner.CPU_PRESET["clipnorm"],
     )
+    assert cpu.lr_decay_epoch == cpu.epochs  # x0.1 in the last epoch of the CPU budget
     paper = runner.parse_mnist_args(["--preset", "paper"])
-    assert (paper.epochs, paper.lr_decay_epoch, paper.subset, paper.clipnorm) == (
+    assert (paper.epochs, paper.lr, paper.lr_decay_epoch, paper.subset, paper.clipnorm) == (
         100,
+        1e-3,
         91,
         None,
         None,
@@ -192,11 +196,26 @@ def test_permuted_run_records_its_permutation_and_refuses_another(
 def test_gpu_command_code_path_mixed_precision_and_xla(tmp_path, npz_dir):
     """The paper's GPU command (`--preset paper --precision mixed_float16 --jit`), shrunk."""
     out = tmp_path / "run"
-    argv = tiny(out, npz_dir[0], "--preset", "paper", "--precision", "mixed_float16", "--jit")
+    argv = tiny(
+        out,
+        npz_dir[0],
+        "--preset",
+        "paper",
+        "--precision",
+        "mixed_float16",
+        "--jit",
+        "--lr-decay-epoch",
+        "2",
+        epochs=2,
+    )
     assert runner.main(argv) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["identity"]["precision"] == "mixed_float16" and config["jit_compile"] is True
     assert config["preset"] == "paper" and config["identity"]["mnist"]["clipnorm"] is None
+    # The paper's lr 1e-3 and its x0.1 decay, moved from epoch 91 to epoch 2.
+    with open(out / "seed-0" / "history.csv", newline="") as f:
+        lrs = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert lrs == pytest.approx([1e-3, 1e-4])
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["models"]["nrnn"]["mean"]["clean"] <= 1.0
 
