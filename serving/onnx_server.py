@@ -154,7 +154,7 @@ def serve(args: argparse.Namespace) -> None:
     disable_created_metrics()  # no `_created` series next to every counter (as TF Serving)
     metrics = ServerMetrics(repo.name)
     repo.on_event = metrics.version_event
-    repo.on_batch = lambda sig, size, seconds: metrics.batch(sig.name, size, seconds)
+    repo.on_batch = lambda sig, size, seconds: metrics.batch(sig.name, size, seconds, sig.graph)
     repo.refresh()
     repo.wait_for_stable = True  # versions present at start-up load at once
     if not repo.versions():
