@@ -210,3 +210,13 @@ def test_baseline_models_train_and_report_beside_the_paper(tmp_path, npz_dir):
     assert (out / "cornn" / "seed-0" / "model.keras").is_file()
     md = (out / "results.md").read_text()
     assert "| coRNN (ours) | 1 |" in md and "| coRNN (paper) | 10 | 99.1 |" in md
+
+
+def test_strategy_mirrored_trains_through_tf_distribute(tmp_path, npz_dir):
+    # One process whose TensorFlow is already initialised: one replica (two logical CPU
+    # replicas are checked for training.ecg in test_distribute.py, in a fresh process).
+    out = tmp_path / "run"
+    assert runner.main(tiny(out, npz_dir[0], "--strategy", "mirrored", "--no-jit")) == 0
+    record = json.loads((out / "seed-0" / "eval.json").read_text())
+    assert (record["strategy"], record["replicas"], record["epochs"]) == ("mirrored", 1, 1)
+    assert (out / "results.json").is_file()
