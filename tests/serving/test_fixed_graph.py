@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from _serving_helpers import CLASSES, MODEL_NAME, UNITS, F, T, run_server, wait_for
+from test_workers import _children, _healthz_by_pid
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -117,13 +118,12 @@ def test_hot_reload_and_workers_keep_the_fast_path(hybrid: dict, tmp_path: Path)
     with run_server(
         base, MODEL_NAME, tmp_path / "server.log", "--workers", "2", "--poll-seconds", "0.3"
     ) as srv:
-        for _ in range(4):
-            r = _rest(srv.url, hybrid["x"])
-            assert r.headers["X-Onnx-Graph"] == "model_fixed.onnx"
-        # Version 2 without model_fixed.onnx: every length runs model.onnx, still correct.
-        shutil.copytree(base / "1", tmp_path / "v2")
-        (tmp_path / "v2" / "model_fixed.onnx").unlink()
-        (tmp_path / "v2").rename(base / "2")
+        wait_for(lambda: len(_children(srv.proc.pid)) == 2, 60, "two worker processes")
+        workers = _children(srv.proc.pid)
+
+        def loaded(version: int) -> bool:
+            seen = _healthz_by_pid(srv.url, 12)
+            return set(seen) == workers and all(v == [version] for v in seen.values())
 
         def all_on(version: str, graph: str) -> bool:
             rs = [_rest(srv.url, hybrid["x"]) for _ in range(8)]
@@ -132,13 +132,21 @@ def test_hot_reload_and_workers_keep_the_fast_path(hybrid: dict, tmp_path: Path)
                 for r in rs
             )
 
-        wait_for(lambda: all_on("2", "model.onnx"), 60, "version 2 on every worker")
+        wait_for(lambda: loaded(1), 90, "both workers serve version 1")
+        assert all_on("1", "model_fixed.onnx")
+        # Version 2 without model_fixed.onnx: every length runs model.onnx, still correct.
+        shutil.copytree(base / "1", tmp_path / "v2")
+        (tmp_path / "v2" / "model_fixed.onnx").unlink()
+        (tmp_path / "v2").rename(base / "2")
+        wait_for(lambda: loaded(2), 60, "both workers serve version 2")
+        assert all_on("2", "model.onnx")
         r = _rest(srv.url, hybrid["x"])
         np.testing.assert_allclose(r.json()["outputs"]["logits"], hybrid["logits"], atol=1e-4)
         # Version 3 with it again: the trained length is back on the fixed graph.
         shutil.copytree(base / "1", tmp_path / "v3")
         (tmp_path / "v3").rename(base / "3")
-        wait_for(lambda: all_on("3", "model_fixed.onnx"), 60, "version 3 on every worker")
+        wait_for(lambda: loaded(3), 60, "both workers serve version 3")
+        assert all_on("3", "model_fixed.onnx")
         logits, graph = _grpc(srv.grpc, hybrid["x"])
         assert graph == "model_fixed.onnx"
         np.testing.assert_allclose(logits, hybrid["logits"], atol=1e-4)
