@@ -11,13 +11,15 @@ prometheus-client:
     :tensorflow:serving:runtime_latency_bucket{model_name, signature_name, le}   (microseconds)
     :tensorflow:serving:batching_session:processed_batch_size_bucket{model_name,
                                             signature_name, le}
+    :tensorflow:serving:onnx_session_run_count_total{model_name, signature_name, graph}
     :tensorflow:serving:model_load_count_total{model_name, model_version, status}
     :tensorflow:serving:model_unload_count_total{model_name, model_version}
     :tensorflow:serving:model_versions_available{model_name}
 
 `API` is `predict`, `metadata` or `status`; `entrypoint` is `REST` or `GRPC`; `status` is the
-canonical code name (`OK`, `INVALID_ARGUMENT`, ...). Each server owns its registry, so several
-servers in one process do not mix their counts.
+canonical code name (`OK`, `INVALID_ARGUMENT`, ...); `graph` the ONNX file a session run used
+(`model.onnx`, `model_fixed.onnx`, `model_streaming.onnx`; not a TF Serving metric). Each
+server owns its registry, so several servers in one process do not mix their counts.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class ServerMetrics:
         self._batch = Histogram(
             _PREFIX + "batching_session:processed_batch_size", "Examples per session run.",
             ["model_name", "signature_name"], buckets=_BATCH_BUCKETS, registry=r)
+        self._graph_runs = Counter(
+            _PREFIX + "onnx_session_run_count", "Session runs by signature and ONNX file.",
+            ["model_name", "signature_name", "graph"], registry=r)
         self._loads = Counter(
             _PREFIX + "model_load_count", "Version load attempts by status (OK or ERROR).",
             ["model_name", "model_version", "status"], registry=r)
@@ -95,8 +100,10 @@ class ServerMetrics:
         self._requests.labels(self.model_name, v, signature, api, entrypoint, status).inc()
         self._latency.labels(self.model_name, api, entrypoint).observe(seconds * 1e6)
 
-    def batch(self, signature: str, size: int, seconds: float) -> None:
-        """Observe one session run of `size` examples that took `seconds`."""
+    def batch(self, signature: str, size: int, seconds: float, graph: str = "") -> None:
+        """Observe one session run of `size` examples that took `seconds` (of file `graph`)."""
+        if graph:
+            self._graph_runs.labels(self.model_name, signature, graph).inc()
         self._batch.labels(self.model_name, signature).observe(size)
         self._runtime.labels(self.model_name, signature).observe(seconds * 1e6)
 

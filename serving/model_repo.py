@@ -2,14 +2,17 @@
 
 An export base (see `export/`) holds integer version folders, each with `model.onnx`
 (signature `serving_default`) and optionally `model_streaming.onnx` (signature
-`streaming_step`) and `assets/metadata.json`. `ModelRepository` loads them into onnxruntime
-sessions, keeps the latest `num_versions` versions loaded (TF Serving's default version policy
-is the latest one), and `refresh()` (called by a poll thread in the server) picks up new and
-removed version folders without a restart. A new folder is loaded only once its `model.onnx`
-and `model_streaming.onnx` have the same size and modification time on two consecutive polls,
-so a folder that is still being copied is not loaded half-written; exporters that build the
-folder under a temporary non-integer name and rename it into place are picked up on the second
-poll.
+`streaming_step`), `model_fixed.onnx` (the fast path of `serving_default` for the trained
+length T only: the unrolled graph without the `If`/`Loop` of `model.onnx`) and
+`assets/metadata.json`. A request to `serving_default` whose inputs have the fixed graph's
+shape (time length T) runs `model_fixed.onnx`, any other length runs `model.onnx`
+(`SignatureInfo.route`). `ModelRepository` loads them into onnxruntime sessions, keeps the
+latest `num_versions` versions loaded (TF Serving's default version policy is the latest one),
+and `refresh()` (called by a poll thread in the server) picks up new and removed version
+folders without a restart. A new folder is loaded only once its ONNX files have the same size
+and modification time on two consecutive polls, so a folder that is still being copied is not
+loaded half-written; exporters that build the folder under a temporary non-integer name and
+rename it into place are picked up on the second poll.
 
 Version changes follow TF Serving's availability-preserving policy: a new version becomes
 available before an old one is retired, and when the newest folder is removed its session keeps
@@ -37,13 +40,15 @@ import numpy as np
 from serving._ratelimit import RateLimitedLogger
 from serving.batching import Batcher
 
-__all__ = ["SIGNATURE_FILES", "ListingError", "ModelRepository", "ModelVersion", "SignatureInfo",
-           "TensorSpec"]
+__all__ = ["FAST_PATH_FILES", "SIGNATURE_FILES", "ListingError", "ModelRepository",
+           "ModelVersion", "SignatureInfo", "TensorSpec"]
 
 log = logging.getLogger("serving")
 
 SIGNATURE_FILES = {"serving_default": "model.onnx", "streaming_step": "model_streaming.onnx"}
 DEFAULT_SIGNATURE = "serving_default"
+# Optional faster graph of a signature for the inputs of its fixed shape (see `route`).
+FAST_PATH_FILES = {"serving_default": "model_fixed.onnx"}
 
 _ORT_TO_NP = {
     "tensor(float)": np.float32,
@@ -66,13 +71,48 @@ class TensorSpec:
 
 @dataclass
 class SignatureInfo:
-    """One onnxruntime session with its input and output specs (and the version it belongs to)."""
+    """One onnxruntime session with its input and output specs (and the version it belongs to).
+
+    `graph` is the ONNX file the session was loaded from; `fast` an optional session of the
+    same signature for inputs of its fixed shape (`model_fixed.onnx`), used by `route`.
+    """
 
     name: str
     session: Any
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     version: int | None = None
+    graph: str = ""
+    fast: SignatureInfo | None = None
+
+    def accepts(self, feeds: dict[str, np.ndarray]) -> bool:
+        """Whether `feeds` match every input's fixed dimensions (None: any size)."""
+        for spec in self.inputs:
+            value = feeds.get(spec.name)
+            if value is None or value.ndim != len(spec.shape):
+                return False
+            if any(d is not None and d != n for d, n in zip(spec.shape, value.shape,
+                                                            strict=True)):
+                return False
+        return True
+
+    def route(self, feeds: dict[str, np.ndarray]) -> SignatureInfo:
+        """The session to run for validated `feeds`: `fast` if it accepts them, else self.
+
+        Example:
+
+        >>> spec = lambda t: [TensorSpec("inputs", np.dtype("float32"), (None, t, 1))]
+        >>> general = SignatureInfo("serving_default", None, spec(None), [], graph="model.onnx")
+        >>> general.fast = SignatureInfo("serving_default", None, spec(20), [],
+        ...                              graph="model_fixed.onnx")
+        >>> general.route({"inputs": np.zeros((1, 20, 1), np.float32)}).graph
+        'model_fixed.onnx'
+        >>> general.route({"inputs": np.zeros((1, 7, 1), np.float32)}).graph
+        'model.onnx'
+        """
+        if self.fast is not None and self.fast.accepts(feeds):
+            return self.fast
+        return self
 
     def run(self, feeds: dict[str, np.ndarray],
             output_names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -108,6 +148,21 @@ def _spec_from_ort(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, np.dtype(dtype), shape)
 
 
+def _fast_path_problem(general: SignatureInfo, fast: SignatureInfo) -> str | None:
+    """Why `fast` cannot stand in for `general` on the inputs it accepts (None: it can)."""
+    by_name = {s.name: s for s in general.inputs}
+    if set(by_name) != {s.name for s in fast.inputs}:
+        return f"inputs {sorted(s.name for s in fast.inputs)} differ from {sorted(by_name)}"
+    for spec in fast.inputs:
+        ref = by_name[spec.name]
+        if spec.dtype != ref.dtype or len(spec.shape) != len(ref.shape) or any(
+                r is not None and d != r for d, r in zip(spec.shape, ref.shape, strict=True)):
+            return f"input {spec.name!r} {spec.shape} does not fit {ref.shape}"
+    if {o.name: o.dtype for o in fast.outputs} != {o.name: o.dtype for o in general.outputs}:
+        return "its outputs differ"
+    return None
+
+
 class ListingError(OSError):
     """The export base could not be listed reliably (the poll must change nothing)."""
 
@@ -128,8 +183,9 @@ def _file_signature(path: Path) -> tuple[int, int] | None:
 
 
 def _folder_signature(path: Path) -> tuple:
-    """What the load state watches in a version folder: every signature file's (size, mtime)."""
-    return tuple(_file_signature(path / f) for f in SIGNATURE_FILES.values())
+    """What the load state watches in a version folder: every ONNX file's (size, mtime)."""
+    files = (*SIGNATURE_FILES.values(), *FAST_PATH_FILES.values())
+    return tuple(_file_signature(path / f) for f in files)
 
 
 class ModelRepository:
@@ -249,20 +305,33 @@ class ModelRepository:
         opts.log_severity_level = 3
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
+    def _load_signature(self, sig_name: str, file: Path, version: int) -> SignatureInfo:
+        session = self._make_session(file)
+        return SignatureInfo(
+            sig_name,
+            session,
+            [_spec_from_ort(a) for a in session.get_inputs()],
+            [_spec_from_ort(a) for a in session.get_outputs()],
+            version,
+            file.name,
+        )
+
     def _load_version(self, version: int, path: Path) -> ModelVersion:
         signatures = {}
         for sig_name, filename in SIGNATURE_FILES.items():
             file = path / filename
-            if not file.is_file():
+            if file.is_file():
+                signatures[sig_name] = self._load_signature(sig_name, file, version)
+        for sig_name, filename in FAST_PATH_FILES.items():
+            file, general = path / filename, signatures.get(sig_name)
+            if general is None or not file.is_file():
                 continue
-            session = self._make_session(file)
-            signatures[sig_name] = SignatureInfo(
-                sig_name,
-                session,
-                [_spec_from_ort(a) for a in session.get_inputs()],
-                [_spec_from_ort(a) for a in session.get_outputs()],
-                version,
-            )
+            fast = self._load_signature(sig_name, file, version)
+            problem = _fast_path_problem(general, fast)
+            if problem is None:
+                general.fast = fast
+            else:
+                log.warning("Not using %s of version %d: %s.", file, version, problem)
         metadata: dict[str, Any] = {}
         meta_file = path / "assets" / "metadata.json"
         if meta_file.is_file():
@@ -375,9 +444,13 @@ class ModelRepository:
     def submit(self, sig: SignatureInfo, feeds: dict[str, np.ndarray]) -> Future:
         """Run `sig` on validated `feeds` in the background (batched if enabled).
 
+        `sig` is routed first (`SignatureInfo.route`): inputs of the trained length run the
+        fixed graph when the version has one.
+
         Returns:
             A future of output name -> array (all outputs).
         """
+        sig = sig.route(feeds)
         if self.batcher is not None:
             return self.batcher.submit(sig, feeds)
         return self.executor.submit(self._run_alone, sig, feeds)

@@ -10,8 +10,9 @@ Usage:
         [--header-timeout-seconds 10] [--body-timeout-seconds 30] [--keep-alive-seconds 5]
         [--workers 1]
 
-Serves `EXPORT_BASE/<version>/model.onnx` (signature `serving_default`) and
-`model_streaming.onnx` (`streaming_step`) of the newest version(s), polls the folder every
+Serves `EXPORT_BASE/<version>/model.onnx` (signature `serving_default`; requests of the
+trained length run `model_fixed.onnx` when present) and `model_streaming.onnx`
+(`streaming_step`) of the newest version(s), polls the folder every
 `--poll-seconds` for new or removed versions (no restart needed), answers TF Serving's REST API
 on `--port` (FastAPI + uvicorn) and TF Serving's gRPC PredictionService/ModelService on
 `--grpc-port` (0 disables gRPC). Concurrent requests are merged into one onnxruntime run
@@ -154,7 +155,7 @@ def serve(args: argparse.Namespace) -> None:
     disable_created_metrics()  # no `_created` series next to every counter (as TF Serving)
     metrics = ServerMetrics(repo.name)
     repo.on_event = metrics.version_event
-    repo.on_batch = lambda sig, size, seconds: metrics.batch(sig.name, size, seconds)
+    repo.on_batch = lambda sig, size, seconds: metrics.batch(sig.name, size, seconds, sig.graph)
     repo.refresh()
     repo.wait_for_stable = True  # versions present at start-up load at once
     if not repo.versions():

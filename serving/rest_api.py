@@ -14,7 +14,9 @@ within `body_timeout_s`), then JSON decoding and validation run in a small
 thread pool (`decode_threads`), and sessions run in the repository's worker threads (batched,
 see `serving.batching`). The bytes of bodies being read or decoded are bounded by
 `max_inflight_bytes`: a request waits for room, and gets 429 if none frees up in time.
-The predict response carries an extra `X-Model-Version` header naming the version used.
+The predict response carries extra headers: `X-Model-Version` naming the version used and
+`X-Onnx-Graph` the ONNX file that ran (`model_fixed.onnx` for inputs of the trained length
+when the version has it, else `model.onnx` or `model_streaming.onnx`).
 """
 
 from __future__ import annotations
@@ -268,6 +270,7 @@ def create_app(repo: ModelRepository, max_body_bytes: int = 8 << 20,
         finally:
             await budget.release(reserve)
         state["signature"] = sig.name
+        sig = sig.route(feeds)  # model_fixed.onnx for the trained length
         try:
             outputs = await asyncio.wrap_future(repo.submit(sig, feeds))
         except Exception as err:  # onnxruntime rejects something validation missed
@@ -279,7 +282,7 @@ def create_app(repo: ModelRepository, max_body_bytes: int = 8 << 20,
             raise ServingError("Inference failed; the server log has the details.",
                                "INTERNAL") from None
         return _json(format_predict_response(outputs, columnar),
-                     headers={"X-Model-Version": str(mv.version)})
+                     headers={"X-Model-Version": str(mv.version), "X-Onnx-Graph": sig.graph})
 
     @app.api_route("/v1/models/{path:path}", methods=["GET", "POST"])
     async def models(path: str, request: Request) -> Response:
