@@ -12,8 +12,10 @@ line. Nothing is left behind either way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -38,9 +40,25 @@ class Terminated(BaseException):
     (temporary version folder, created parent folders, the `saved_model_cli` child)."""
 
 
+_SIGNALLED: list[int] = []
+
+
 def _raise_terminated(signum, frame) -> None:
     del frame
+    _SIGNALLED.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(f"terminated by signal {signum}")
+
+
+def _undo(path: Path, created: list[Path]) -> None:
+    """Remove an export that finished although a signal asked it to stop: Python ignores an
+    exception raised by a signal handler while it runs a weakref callback or `__del__`, so
+    the interrupt can be lost; what this run created (the version folder, its parents) goes."""
+    shutil.rmtree(path, ignore_errors=True)
+    for folder in created:  # deepest first; only if empty
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _check_out(out: str) -> None:
@@ -134,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     from export.api import export_model
 
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    out_path = Path(args.out).absolute()
+    created = [p for p in (out_path, *out_path.parents) if not p.exists()]
+    _SIGNALLED.clear()
+    previous = {
+        sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         path = export_model(
             args.model,
@@ -154,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: export {what}; nothing was written.", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if _SIGNALLED:  # the signal's exception was swallowed (see `_undo`): undo the export
+        _undo(Path(path), created)
+        print("error: export interrupted; nothing was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(path)
     return 0
 
