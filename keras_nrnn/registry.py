@@ -48,7 +48,13 @@ class CellEntry:
     fixed: tuple[tuple[str, Any], ...] = ()
 
     def make(self, noisy: bool = False, **overrides: Any):
-        """A small instance for tests: `example` arguments, noise when `noisy`, `overrides`."""
+        """A small instance for tests: `example` arguments, noise when `noisy`, `overrides`.
+
+        Example:
+
+        >>> get("nrnn").entry.make(noisy=True).noise
+        DiagonalNoise(additive=0.1, multiplicative=0.05)
+        """
         kwargs = dict(self.example)
         if noisy:
             kwargs.update(additive_noise=0.1, multiplicative_noise=0.05, seed=0)
@@ -95,6 +101,14 @@ def register_cell(
 
     Returns:
         The registered entry.
+
+    Example:
+
+    >>> from keras_nrnn import LipschitzCell, NoisyLipschitzCell
+    >>> register_cell(LipschitzCell, NoisyLipschitzCell, model="lipschitz", noisy_model="nrnn",
+    ...               label="Lipschitz RNN", noisy_label="NRNN", example={"units": 8, "dt": 0.2,
+    ...               "beta": 0.8}).model  # registering again replaces the entry
+    'lipschitz'
     """
     entry = CellEntry(
         cls,
@@ -114,14 +128,26 @@ def register_cell(
 
 
 def cells() -> list[CellEntry]:
-    """Every registered drift, in registration order."""
+    """Every registered drift, in registration order.
+
+    Example:
+
+    >>> [entry.cls.__name__ for entry in cells()][:2]
+    ['LipschitzCell', 'AntisymmetricCell']
+    """
     import keras_nrnn  # noqa: F401  (imports every cell file, which registers it)
 
     return list(_CELLS.values())
 
 
 def models() -> dict[str, ModelEntry]:
-    """Every `--model` name: the noisy model of each drift, then the deterministic one."""
+    """Every `--model` name: the noisy model of each drift, then the deterministic one.
+
+    Example:
+
+    >>> list(models())[:2]
+    ['nrnn', 'lipschitz']
+    """
     out: dict[str, ModelEntry] = {}
     for entry in cells():
         out[entry.noisy_model] = ModelEntry(
@@ -132,7 +158,13 @@ def models() -> dict[str, ModelEntry]:
 
 
 def get(model: str) -> ModelEntry:
-    """The `ModelEntry` of `--model` name `model`, or a `ValueError` naming the choices."""
+    """The `ModelEntry` of `--model` name `model`, or a `ValueError` naming the choices.
+
+    Example:
+
+    >>> get("noisy_cornn").noisy
+    True
+    """
     registered = models()
     if model not in registered:
         raise ValueError(

@@ -263,6 +263,24 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
             states: list of state tensors in the compute dtype.
             cache: `precomputed()`.
             draws: `draw(key, batch)` in training mode, None for inference.
+
+        Returns:
+            `(output, new_states)`.
+
+        Example:
+
+        >>> import numpy as np, keras
+        >>> from keras_nrnn import LipschitzCell
+        >>> cell = LipschitzCell(3, additive_noise=0.1, seed=0); cell.build((None, 2))
+        >>> cache = cell.precomputed()
+        >>> p = cell.project_inputs(np.ones((4, 2), "float32"), cache)
+        >>> h = [np.zeros((4, 3), "float32")]
+        >>> clean, _ = cell.step(p, h, cache, None)
+        >>> noisy, _ = cell.step(p, h, cache, cell.draw(np.array([0, 1]), 4))
+        >>> bool(np.allclose(clean, cell(np.ones((4, 2), "float32"), h)[0]))
+        True
+        >>> bool(np.allclose(clean, noisy))
+        False
         """
         h = states[0]
 
