@@ -16,6 +16,8 @@ import pytest
 from keras_nrnn import LipschitzCell, NoisyLipschitzCell, SDECell
 
 UNITS, FEATURES, T, BATCH = 6, 3, 7, 4
+# On JAX, keras.layers.RNN's lax.scan cannot draw per-step noise; its unrolled loop can.
+UNROLL = keras.backend.backend() == "jax"
 
 
 def non_default_arguments() -> dict:
@@ -203,19 +205,20 @@ def models_to_save() -> dict[str, tuple[keras.Model, np.ndarray]]:
     seq = keras.Sequential([
         keras.Input((T, FEATURES)),
         keras.layers.RNN(noisy(dt=0.2, beta=0.9, activation="softsign",
-                               kernel_regularizer=keras.regularizers.L2(1e-3))),
+                               kernel_regularizer=keras.regularizers.L2(1e-3)), unroll=UNROLL),
         keras.layers.Dense(2),
     ])
     inputs = keras.Input((T, FEATURES))
     h = keras.layers.Bidirectional(
-        keras.layers.RNN(noisy(scheme="research"), return_sequences=True))(inputs)
+        keras.layers.RNN(noisy(scheme="research"), return_sequences=True, unroll=UNROLL))(inputs)
     h = keras.layers.RNN(keras.layers.StackedRNNCells([
-        noisy(scheme="tamed", learnable_dt="scalar"), LipschitzCell(4, use_bias=False)]))(h)
+        noisy(scheme="tamed", learnable_dt="scalar"), LipschitzCell(4, use_bias=False)]),
+        unroll=UNROLL)(h)
     functional = keras.Model(inputs, keras.layers.Dense(3)(h))
     tok = keras.Input((T,), dtype="int32")
     e = keras.layers.Embedding(9, FEATURES, mask_zero=True)(tok)
     masked = keras.Model(tok, keras.layers.RNN(noisy(learnable_dt="per_unit"),
-                                               return_sequences=True)(e))
+                                               return_sequences=True, unroll=UNROLL)(e))
     models = {"sequential": (seq, x), "functional": (functional, x), "masked": (masked, tokens)}
     for i, (model, _) in enumerate(models.values()):
         rng_w = np.random.default_rng(10 + i)
