@@ -761,13 +761,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.data.mnist import DataIntegrityError, DataUnavailableError
     from training.distribute import DistributeConfigError, configure_cpu_replicas
     from training.ecg import EXIT_INTERRUPTED, EXIT_REFUSED, _message
-    from training.models import UnknownModelError
     from training.run_folder import RunFolderError
-    from training.runner import SimulatedInterruptionError
+    from training.startup import import_tensorflow_quietly
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_mnist_args(argv)
+        # As training.ecg: TensorFlow (and with it Keras) is imported only after the arguments
+        # are checked, and without its start-up banners.
+        import_tensorflow_quietly()
         configure_cpu_replicas(args.cpu_replicas)
     except SystemExit as e:
         return int(e.code or 0)
@@ -775,6 +777,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _message(f"error: {e}")
         return EXIT_REFUSED
     import keras
+
+    from training.models import UnknownModelError
+    from training.runner import SimulatedInterruptionError
 
     previous_policy = keras.mixed_precision.global_policy().name
     try:

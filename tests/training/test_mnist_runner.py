@@ -239,3 +239,22 @@ def test_strategy_mirrored_trains_through_tf_distribute(tmp_path, npz_dir):
     record = json.loads((out / "seed-0" / "eval.json").read_text())
     assert (record["strategy"], record["replicas"], record["epochs"]) == ("mirrored", 1, 1)
     assert (out / "results.json").is_file()
+
+
+def test_argument_errors_answer_before_tensorflow_is_imported():
+    """As for training.ecg: a bad flag is refused without importing TensorFlow (whose import,
+    later, goes through training.startup and prints no banners)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from training import mnist\n"
+        "status = mnist.main(['--task', 'spiral'])\n"
+        "assert status == 2 and 'tensorflow' not in sys.modules, status\n"
+    )
+    root = Path(__file__).parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--task" in out.stderr and "Traceback" not in out.stderr
