@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training import run_folder
+
 __all__ = [
     "ANALYSIS_FILES",
     "AnalyzeError",
@@ -57,14 +59,7 @@ __all__ = [
 ]
 
 EXIT_REFUSED = 2
-ANALYSIS_FILES = (
-    "analysis.json",
-    "analysis.md",
-    "analysis-jacobian-norms.png",
-    "analysis-lyapunov.png",
-    "analysis-margins.png",
-    "analysis-memory.png",
-)
+ANALYSIS_FILES = run_folder.ANALYSIS_FILES
 SUPPORTED_TASKS = ("ecg5000",)
 
 

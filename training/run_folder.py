@@ -38,17 +38,19 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.json"
+#: What `python -m training.analyze` writes into a run folder.
+ANALYSIS_FILES = (
+    "analysis.json",
+    "analysis.md",
+    "analysis-jacobian-norms.png",
+    "analysis-lyapunov.png",
+    "analysis-margins.png",
+    "analysis-memory.png",
+)
 # What the runners write (training.ecg, training.runner, training.reporting, training.analyze).
 RUN_FILES = frozenset(
     {"config.json", "results.json", "results.md", "robustness.png", "history.csv", "model.keras"}
-    | {
-        "analysis.json",
-        "analysis.md",
-        "analysis-jacobian-norms.png",
-        "analysis-lyapunov.png",
-        "analysis-margins.png",
-        "analysis-memory.png",
-    }
+    | set(ANALYSIS_FILES)
 )
 SEED_FILES = frozenset({"model.keras", "history.csv", "checkpoint.npz", "eval.json", "tensorboard"})
 _SEED_DIR = re.compile(r"^seed-\d+$")
