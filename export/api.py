@@ -263,7 +263,7 @@ def export_model(
     )
     meta["export_options"] = {k: v for k, v in options.items() if k.split("_")[0] in fmt}
     # The folders this export creates (base and missing parents), removed again on failure.
-    created = [p for p in (base.absolute(), *base.absolute().parents) if not p.exists()]
+    created = missing_folders(base)
     final = base / str(version)
     try:
         with atomic_directory(final) as tmp:
@@ -278,11 +278,23 @@ def export_model(
             _make_readable(tmp)
             logger.info("export %s verified: %s", final, report)
     except BaseException:  # also KeyboardInterrupt and the CLI's SIGTERM (export.cli)
-        for folder in created:  # deepest first; only if still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        remove_empty_folders(created)
         raise
     return final
+
+
+def missing_folders(path: str | Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first (what creating
+    `path` would create)."""
+    path = Path(path).absolute()
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first, as `missing_folders` lists them) that are empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _resolve_time_steps(value: str, im: InferenceModel, auto: str) -> str:

@@ -12,7 +12,6 @@ line. Nothing is left behind either way.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
@@ -55,10 +54,10 @@ def _undo(path: Path, created: list[Path]) -> None:
     """Remove an export that finished although a signal asked it to stop: Python ignores an
     exception raised by a signal handler while it runs a weakref callback or `__del__`, so
     the interrupt can be lost; what this run created (the version folder, its parents) goes."""
+    from export.api import remove_empty_folders
+
     shutil.rmtree(path, ignore_errors=True)
-    for folder in created:  # deepest first; only if empty
-        with contextlib.suppress(OSError):
-            folder.rmdir()
+    remove_empty_folders(created)
 
 
 def _check_out(out: str) -> None:
@@ -150,10 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    from export.api import export_model
+    from export.api import export_model, missing_folders
 
-    out_path = Path(args.out).absolute()
-    created = [p for p in (out_path, *out_path.parents) if not p.exists()]
+    created = missing_folders(args.out)
     _SIGNALLED.clear()
     previous = {
         sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGINT)
