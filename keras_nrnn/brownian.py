@@ -168,7 +168,7 @@ def uniform(shape, dtype, key):
 def variates(kinds: tuple[str, ...], shape, dtype, key) -> tuple:
     """One array of `shape` per entry of `kinds` (`"normal"` or `"uniform"`), all from `key`.
 
-    The second and later arrays use keys derived from `key` (first word offset by a large odd
+    The second and later arrays use keys derived from `key` (first word XOR-ed with a
     constant), so the arrays of one step are independent.
 
     Example:
@@ -191,9 +191,14 @@ def variates(kinds: tuple[str, ...], shape, dtype, key) -> tuple:
 
 
 def _derived_key(key, i: int):
+    """The key of the `i`-th variate kind of a step: the first word XOR-ed with a constant.
+
+    Not an addition: replicas shift the first word by multiples of `REPLICA_STRIDE`, and an
+    additive offset per kind would make one replica's second kind the next replica's first.
+    """
     key = ops.convert_to_tensor(key)
-    shift = ops.cast(ops.convert_to_tensor([(1_000_003 * i) % _INT32_MAX, 0]), key.dtype)
-    return key + shift
+    mask = ops.cast(ops.convert_to_tensor([(0x2545F491 * i) & 0x7FFFFFFF, 0]), key.dtype)
+    return ops.bitwise_xor(key, mask)
 
 
 # ------------------------------------------------------------------ backend fast paths

@@ -91,3 +91,13 @@ def test_the_shorthand_and_no_noise():
 def test_bad_levels_name_the_argument(make, arg):
     with pytest.raises(ValueError, match=f"`{arg}`"):
         make()
+
+
+def test_a_steps_second_variate_key_is_no_other_replicas_first():
+    """Replicas shift the first key word by `REPLICA_STRIDE * r`; the key of a step's second
+    variate (ResearchNoise's uniform) must not land on any replica's first-variate key."""
+    base = np.array([3, 17], "int64")
+    second = np_(brownian._derived_key(keras.ops.convert_to_tensor(base), 1))
+    assert second[1] == base[1] and second[0] != base[0]
+    for r in range(-2048, 2049):
+        assert second[0] != base[0] + r * brownian.REPLICA_STRIDE, r
