@@ -110,11 +110,7 @@ class SDERNN(keras.layers.RNN):
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         cell = self.cell
-        if not keras.backend.is_float_dtype(sequences.dtype):
-            raise ValueError(
-                f"SDERNN expects floating-point inputs; received dtype {sequences.dtype}."
-            )
-        cell._check_step_input(sequences[:, 0])
+        cell._check_step_input(sequences[:, 0])  # rank and floating dtype
         dtype = cell.compute_dtype
         sequences = ops.cast(sequences, dtype)
         cache = cell.precomputed()
