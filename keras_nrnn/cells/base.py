@@ -12,7 +12,8 @@ The step contract, used by `call`, `keras_nrnn.SDERNN` and export alike:
 
 - `precomputed()`: the per-sequence tensors (A, W, weights cast to the compute dtype, `dt`);
 - `project_inputs(inputs, cache)`: the input part of the drift, for a step or a sequence;
-- `draw(key, batch_size)`: the standard variates of one step from its Brownian key;
+- `draw(key, batch_size)`: the standard variates of one step from its Brownian key
+  (`draw_sequence(base, steps, batch_size)`: those of consecutive steps, stacked);
 - `step(projected, states, cache, draws)`: `(output, new_states)`; `draws=None` is inference.
 
 `precomputed()` is formed once per sequence: `keras.layers.RNN` calls the cell's
@@ -253,6 +254,27 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
             return None
         return brownian.variates(
             self.noise.variates, (batch_size, self.units), self.compute_dtype, key
+        )
+
+    def draw_sequence(self, base, steps, batch_size) -> tuple | None:
+        """The variates of `steps` consecutive steps from the key `base`, stacked on a leading
+        time axis (`(steps, batch, units)` each): row `t` is `draw(base + (0, t), batch_size)`.
+        None without noise. One op per variate kind (`keras_nrnn.brownian.sequence_variates`).
+
+        Example:
+
+        >>> import numpy as np
+        >>> from keras_nrnn import LipschitzCell
+        >>> cell = LipschitzCell(3, additive_noise=0.1, seed=0)
+        >>> (xi,) = cell.draw_sequence(np.array([0, 5]), 4, 2)
+        >>> (row,) = cell.draw(np.array([0, 7]), 2)
+        >>> tuple(xi.shape), bool(np.allclose(xi[2], row))
+        ((4, 2, 3), True)
+        """
+        if self.noise is None:
+            return None
+        return brownian.sequence_variates(
+            self.noise.variates, (batch_size, self.units), self.compute_dtype, base, steps
         )
 
     def step(self, projected, states: list, cache: dict, draws: tuple | None):

@@ -9,10 +9,12 @@ step contract (`keras_nrnn.cells.base`):
 - the per-sequence tensors (A, W, ...) are formed once, before the loop;
 - the input part of the drift (`U x + b`) is computed for all steps with one matmul when
   there are enough input features for that to pay (see `project_inputs_first`);
-- in training mode the Brownian keys of the whole sequence are reserved before the loop and
-  fed to the steps as inputs, so the loop body has no random state: it runs under
-  `jax.lax.scan` and compiles well with XLA. The keys are those `keras.layers.RNN(cell)`
-  would draw step by step, so the same seed gives the same noise under both layers.
+- in training mode the Brownian variates of the whole sequence are drawn before the loop,
+  one op per kind (`SDECell.draw_sequence`), and fed to the steps as inputs, so the loop
+  body has no random op: it runs under `jax.lax.scan` and compiles well with XLA, and one
+  large draw costs about a fifth of the same numbers drawn step by step inside a compiled
+  loop. They come from the keys `keras.layers.RNN(cell)` would draw step by step, so the
+  same seed gives the same noise under both layers.
 """
 
 from __future__ import annotations
@@ -120,19 +122,21 @@ class SDERNN(keras.layers.RNN):
         if projected_first:
             steps = cell.project_inputs(steps, cache)
         noisy = bool(training) and cell.noise is not None
+        batch = ops.shape(sequences)[0]
         inputs = [steps]
         if noisy:
-            keys = self._reserve_keys(ops.shape(steps)[0])
+            # The variates of the whole sequence, one op per kind, before the loop: row k is
+            # what the cell would draw at step k of the processing order with its key.
+            length_t = ops.shape(steps)[0]
+            draws = self._draw_sequence(length_t, batch)
             if self.go_backwards:
-                keys = ops.flip(keys, axis=0)  # step k of the processing order gets key k
-            # (time, 1, 2): the loop wants every input to be at least (time, batch, ...).
-            inputs.append(keys[:, None, :])
-        batch = ops.shape(sequences)[0]
+                draws = tuple(ops.flip(d, axis=0) for d in draws)  # time order of the inputs
+            inputs.extend(draws)
 
         def step(step_inputs, states):
             x = step_inputs[0]
             projected = x if projected_first else cell.project_inputs(x, cache)
-            draws = cell.draw(step_inputs[1][0], batch) if noisy else None
+            draws = tuple(step_inputs[1:]) if noisy else None
             states = [ops.cast(s, dtype) for s in states]
             return cell.step(projected, states, cache, draws)
 
@@ -158,17 +162,22 @@ class SDERNN(keras.layers.RNN):
             outputs = ops.transpose(outputs, (1, 0, 2))
         return last, outputs, states
 
-    def _reserve_keys(self, steps):
-        """The Brownian keys of a sequence: the ones `keras.layers.RNN(cell)` would draw.
+    def _draw_sequence(self, steps, batch):
+        """The Brownian variates of a sequence, `(steps, batch, units)` per kind: those
+        `keras.layers.RNN(cell)` would draw step by step with the same seed.
 
         On TensorFlow and torch, the loop of `keras.layers.RNN` (not unrolled) calls the
         step once more before the loop, on the first input, to learn the output's shape;
         a cell that draws its key at each step then spends one key on that call. Skipping
         the same key here keeps the two layers on the same Brownian path for the same seed
-        (tests/keras_nrnn/test_sde_rnn.py checks it on each backend).
+        (tests/keras_nrnn/test_sdernn_is_an_rnn.py checks it on each backend). The skipped
+        step is drawn and sliced off rather than added to the key: with the key computed,
+        XLA compiled the draw about 3x slower (docs/performance.md).
         """
         skip = 0 if self.unroll or keras.backend.backend() == "jax" else 1
-        return brownian.reserve_keys(self.cell.seed_generator, steps + skip)[skip:]
+        base = brownian.reserve_base(self.cell.seed_generator, steps + skip)
+        draws = self.cell.draw_sequence(base, steps + skip, batch)
+        return tuple(d[skip:] for d in draws) if skip else draws
 
     def _projects_first(self, features: int) -> bool:
         if self.project_inputs_first is not None:

@@ -93,11 +93,35 @@ def test_bad_levels_name_the_argument(make, arg):
         make()
 
 
-def test_a_steps_second_variate_key_is_no_other_replicas_first():
-    """Replicas shift the first key word by `REPLICA_STRIDE * r`; the key of a step's second
-    variate (ResearchNoise's uniform) must not land on any replica's first-variate key."""
+def test_a_steps_kinds_are_independent_of_other_replicas_draws():
+    """Replicas shift the first key word by `REPLICA_STRIDE * r`. A step's second variate
+    (ResearchNoise's uniform) comes from the step's own key, so it is none of another
+    replica's arrays: version 0.2 derived it from a second key that one replica shift
+    reached (replica r+1's normals were replica r's uniforms)."""
     base = np.array([3, 17], "int64")
-    second = np_(brownian._derived_key(keras.ops.convert_to_tensor(base), 1))
-    assert second[1] == base[1] and second[0] != base[0]
-    for r in range(-2048, 2049):
-        assert second[0] != base[0] + r * brownian.REPLICA_STRIDE, r
+    xi, u = (
+        np_(a).ravel() for a in brownian.variates(("normal", "uniform"), (4000,), "float32", base)
+    )
+    for r in (-1, 1, 2):
+        shifted = base + np.array([r * brownian.REPLICA_STRIDE, 0])
+        xi_r, u_r = (
+            np_(a).ravel()
+            for a in brownian.variates(("normal", "uniform"), (4000,), "float32", shifted)
+        )
+        for a, b in ((u, u_r), (xi, xi_r), (u, np_(brownian.normal((4000,), "float32", shifted)))):
+            assert not np.allclose(a, b)
+            assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(4000)
+
+
+@pytest.mark.parametrize("kinds", [("normal",), ("normal", "uniform")])
+@pytest.mark.parametrize("shape", [(3, 8), (5, 7)])  # a step of 35 numbers: not whole blocks
+def test_a_sequence_drawn_at_once_is_its_steps_drawn_one_by_one(kinds, shape):
+    base = np.array([11, 40], "int64")
+    whole = brownian.sequence_variates(kinds, shape, "float32", base, 6)
+    for t in range(6):
+        step = brownian.variates(kinds, shape, "float32", base + np.array([0, t]))
+        for w, s in zip(whole, step, strict=True):
+            np.testing.assert_allclose(np_(w)[t], np_(s), rtol=0, atol=1e-6)
+    # Consecutive steps read consecutive, non-overlapping stretches: no two rows agree.
+    rows = np_(whole[0]).reshape(6, -1)
+    assert len({r.tobytes() for r in rows}) == 6

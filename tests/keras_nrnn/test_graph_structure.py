@@ -15,7 +15,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from keras_nrnn import LipschitzCell, NoisyLipschitzCell
+from keras_nrnn import SDERNN, LipschitzCell, NoisyLipschitzCell
 
 UNITS, FEATURES, T = 4, 2, 5
 CONTROL_FLOW = {"StatelessWhile", "StatelessIf", "StatelessCase"}
@@ -93,19 +93,32 @@ def test_inference_graph_has_no_random_op(scheme):
     assert everything["AssignVariableOp"] == 0  # the seed generator is not advanced
 
 
-# Normals are drawn as ndtri(uniform) (keras_nrnn.random_ops): one uniform draw per normal.
-@pytest.mark.parametrize(("scheme", "n_uniform"), [("euler_maruyama", 1), ("tamed", 1),
-                                                   ("research", 2)])
-def test_training_graph_draws_inside_the_loop(scheme, n_uniform):
+# A step draws all its variates with one uniform draw (keras_nrnn.brownian); normals are
+# ndtri(uniform).
+@pytest.mark.parametrize("scheme", ["euler_maruyama", "tamed", "research"])
+def test_training_graph_draws_inside_the_loop(scheme):
     layer = keras.layers.RNN(noisy_cell(scheme))
     layer.build((None, T, FEATURES))
     _, functions = traced(layer, training=True)
     (body,) = while_bodies(functions)
     drawn = random_ops(body)
     assert drawn, body
-    assert drawn.get("StatelessRandomUniformV2") == n_uniform, drawn
+    assert drawn == {"StatelessRandomUniformV2": 1}, drawn
     assert body["Ndtri"] == 1, body
     assert body["AssignVariableOp"] >= 1  # the generator advances at every step
+
+
+@pytest.mark.parametrize("scheme", ["euler_maruyama", "research"])
+def test_sdernn_draws_the_whole_sequence_before_its_loop(scheme):
+    layer = SDERNN(noisy_cell(scheme))
+    layer.build((None, T, FEATURES))
+    outer, functions = traced(layer, training=True)
+    (body,) = while_bodies(functions)
+    assert random_ops(body) == {} and body["AssignVariableOp"] == 0, body
+    assert body["Ndtri"] == 0, body
+    everything = sum((c for n, c in functions.items() if "while_body" not in n), outer)
+    assert random_ops(everything) == {"StatelessRandomUniformV2": 1}, everything
+    assert everything["AssignVariableOp"] == 1  # the keys of the sequence, reserved once
 
 
 def test_deterministic_cell_training_graph_has_no_random_op():
