@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="sequence length T of the training and inference figures (140: ECG; 784: pixel "
         "MNIST); the other hyperparameters stay the ECG configuration's",
     )
+    parser.add_argument(
+        "--long-timesteps", default="784",
+        help="comma-separated further T values of the training figures, for torch-loop and "
+        "our XLA contenders (784: pixel MNIST); '' to skip; not run with --quick",
+    )
     parser.add_argument("--memory-batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -105,6 +110,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        long_timesteps = tuple(int(t) for t in args.long_timesteps.split(",") if t.strip())
+    except ValueError:
+        long_timesteps = (0,)
+    if any(t < 1 for t in long_timesteps):
+        print(
+            "Argument `--long-timesteps` must be comma-separated integers >= 1 (or ''); "
+            f"received {args.long_timesteps!r}",
+            file=sys.stderr,
+        )
+        return 2
     if args.timesteps < 1:
         print(
             f"Argument `--timesteps` must be an integer >= 1; received {args.timesteps}",
@@ -123,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         memory_timesteps=memory_timesteps,
         memory_batch=args.memory_batch,
         timesteps=args.timesteps,
+        long_timesteps=()
+        if args.quick
+        else tuple(t for t in long_timesteps if t != args.timesteps),
         seed=args.seed,
         isolate=not args.in_process,
     )

@@ -52,6 +52,9 @@ class Settings:
         memory: run the peak-memory figure.
         train_batch: batch of the training figure.
         timesteps: T of the timing figures.
+        long_timesteps: further T values of the training figures (784: pixel MNIST), run for
+            `long_contenders` only; empty to skip (the command line's `--quick` does).
+        long_contenders: the contenders of the long training figures (those present).
         infer_batch: batch of the inference throughput figure.
         memory_timesteps: T values of the memory figure.
         memory_batch: batch of the memory figure.
@@ -74,6 +77,8 @@ class Settings:
     memory: bool = True
     train_batch: int = 128
     timesteps: int = ECG.timesteps
+    long_timesteps: tuple[int, ...] = (784,)
+    long_contenders: tuple[str, ...] = ("torch-loop", "keras-sdernn-xla", "keras-rnn-cell-xla")
     infer_batch: int = 256
     memory_timesteps: tuple[int, ...] = (140, 1400, 14000)
     memory_batch: int = 8
@@ -298,9 +303,20 @@ def _release(contenders: Mapping[str, Contender]) -> None:
     gc.collect()
 
 
-def run_training(settings: Settings, contenders: Mapping[str, Contender], results: dict) -> None:
-    """Training throughput (batch 128) and noise overhead, all alternated in one loop."""
-    batch, steps = settings.train_batch, settings.timesteps
+def run_training(
+    settings: Settings,
+    contenders: Mapping[str, Contender],
+    results: dict,
+    steps: int | None = None,
+) -> None:
+    """Training throughput (batch 128) and noise overhead, all alternated in one loop.
+
+    `steps` (default `settings.timesteps`) other than that default adds `_T<steps>` to the
+    figure keys, so the long-sequence figures sit beside the main ones.
+    """
+    batch = settings.train_batch
+    steps = settings.timesteps if steps is None else steps
+    suffix = "" if steps == settings.timesteps else f"_T{steps}"
     log(f"training: building noisy and deterministic models (batch {batch}, T {steps})")
     fns: dict[str, Callable] = {}
     for name, contender in contenders.items():
@@ -318,11 +334,11 @@ def run_training(settings: Settings, contenders: Mapping[str, Contender], result
         fns, warmup=warmup, repeats=repeats, items_per_call=batch,
         min_time_s=settings.min_time_s(), progress=log, self_timed=True,
     )
-    results["timings"]["train"] = {n: t.to_dict() for n, t in timings.items()}
-    results["timings"]["train"]["loadavg_after"] = list(os.getloadavg())
+    results["timings"]["train" + suffix] = {n: t.to_dict() for n, t in timings.items()}
+    results["timings"]["train" + suffix]["loadavg_after"] = list(os.getloadavg())
     sides = {n: c.side for n, c in contenders.items()}
     trained = [n for n in contenders if n in timings]
-    results["figures"]["train_seq_per_s"] = make_figure(
+    results["figures"]["train_seq_per_s" + suffix] = make_figure(
         f"training throughput, batch {batch}, T {steps} (fwd+bwd+Adam)",
         "sequences/s",
         HIGHER_IS_BETTER,
@@ -333,8 +349,8 @@ def run_training(settings: Settings, contenders: Mapping[str, Contender], result
     for n in trained:
         det = timings.get(n + DETERMINISTIC_SUFFIX)
         overhead[n] = timings[n].median_s / det.median_s if det else None
-    results["figures"]["noise_overhead"] = make_figure(
-        "noise overhead: noisy / deterministic training step time",
+    results["figures"]["noise_overhead" + suffix] = make_figure(
+        f"noise overhead: noisy / deterministic training step time, T {steps}",
         "x",
         LOWER_IS_BETTER,
         overhead,
@@ -450,6 +466,10 @@ def run(settings: Settings) -> dict:
         if contenders:
             run_training(settings, contenders, results)
             _release(contenders)
+            long = {n: c for n, c in contenders.items() if n in settings.long_contenders}
+            for steps in settings.long_timesteps if long else ():
+                run_training(settings, long, results, steps=steps)
+                _release(long)
             run_inference(settings, contenders, results)
     finally:
         for contender in contenders.values():
@@ -480,6 +500,7 @@ def run(settings: Settings) -> dict:
         "config": dataclasses.asdict(ECG),
         "train_batch": settings.train_batch,
         "timesteps": settings.timesteps,
+        "long_timesteps": list(settings.long_timesteps),
         "infer_batch": settings.infer_batch,
         "memory_batch": settings.memory_batch,
         "memory_measure": WHAT_IS_MEASURED,

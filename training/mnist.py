@@ -90,7 +90,8 @@ DEFAULTS: dict[str, Any] = {
 CPU_PRESET: dict[str, Any] = {
     "epochs": 8,
     "lr": 3e-3,
-    "subset": 25_000,
+    "lr_decay_last_epochs": 2,
+    "subset": None,
     "val_subset": 2_000,
     "test_subset": None,
     "clipnorm": 1.0,
@@ -291,9 +292,14 @@ def parse_mnist_args(argv: Sequence[str]) -> argparse.Namespace:
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
+    pre.add_argument("--lr-decay-epoch", default=None)
     known, _ = pre.parse_known_args(argv)
     parser = build_mnist_parser(known.preset)
     args = cli.parse_args(parser, argv)
+    last = PRESETS[known.preset].get("lr_decay_last_epochs")
+    if known.lr_decay_epoch is None and last is not None:
+        # The preset's decay covers its last epochs, however many epochs are asked for.
+        args.lr_decay_epoch = max(1, args.epochs - last + 1)
     if args.permutation_seed < 0:
         parser.error(
             "argument --permutation-seed must be an integer >= 0; received "

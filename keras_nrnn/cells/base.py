@@ -259,7 +259,7 @@ class SDECell(keras.layers.Layer, _PreLoopHook):
     def draw_sequence(self, base, steps, batch_size) -> tuple | None:
         """The variates of `steps` consecutive steps from the key `base`, stacked on a leading
         time axis (`(steps, batch, units)` each): row `t` is `draw(base + (0, t), batch_size)`.
-        None without noise. One op per variate kind (`keras_nrnn.brownian.sequence_variates`).
+        None without noise. One random op for all kinds (`keras_nrnn.brownian.sequence_variates`).
 
         Example:
 

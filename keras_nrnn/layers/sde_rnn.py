@@ -10,7 +10,7 @@ step contract (`keras_nrnn.cells.base`):
 - the input part of the drift (`U x + b`) is computed for all steps with one matmul when
   there are enough input features for that to pay (see `project_inputs_first`);
 - in training mode the Brownian variates of the whole sequence are drawn before the loop,
-  one op per kind (`SDECell.draw_sequence`), and fed to the steps as inputs, so the loop
+  in one random op (`SDECell.draw_sequence`), and fed to the steps as inputs, so the loop
   body has no random op: it runs under `jax.lax.scan` and compiles well with XLA, and one
   large draw costs about a fifth of the same numbers drawn step by step inside a compiled
   loop. They come from the keys `keras.layers.RNN(cell)` would draw step by step, so the
@@ -125,7 +125,7 @@ class SDERNN(keras.layers.RNN):
         batch = ops.shape(sequences)[0]
         inputs = [steps]
         if noisy:
-            # The variates of the whole sequence, one op per kind, before the loop: row k is
+            # The variates of the whole sequence, in one random op before the loop: row k is
             # what the cell would draw at step k of the processing order with its key.
             length_t = ops.shape(steps)[0]
             draws = self._draw_sequence(length_t, batch)

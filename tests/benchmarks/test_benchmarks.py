@@ -454,6 +454,33 @@ def test_cli_list_needs_no_framework():
     assert "torch-loop" in proc.stdout and "keras-rnn-cell-xla" in proc.stdout
 
 
+@pytest.mark.slow
+def test_long_training_figures_run_for_the_long_contenders_only():
+    settings = runner.Settings(
+        quick=True, only="keras", contenders=["keras-sdernn-xla", "keras-rnn-cell-predict"],
+        memory=False, isolate=False, timesteps=6, long_timesteps=(9,),
+    )
+    results = runner.run(settings)
+    figures = results["figures"]
+    assert {"train_seq_per_s_T9", "noise_overhead_T9"} <= set(figures)
+    assert "T 9" in figures["train_seq_per_s_T9"]["title"]
+    assert set(figures["train_seq_per_s_T9"]["ours"]) == {"keras-sdernn-xla"}
+    assert figures["train_seq_per_s_T9"]["ours"]["keras-sdernn-xla"] > 0
+    assert figures["noise_overhead_T9"]["ours"]["keras-sdernn-xla"] > 0
+    assert results["meta"]["long_timesteps"] == [9]
+
+
+def test_long_timesteps_flag(capsys):
+    from benchmarks.__main__ import main, parse_args
+
+    assert parse_args([]).long_timesteps == "784"
+    for bad in ("0", "x,784"):
+        assert main(["--only", "keras", "--long-timesteps", bad]) == 2
+        err = capsys.readouterr().err
+        assert "Argument `--long-timesteps` must be comma-separated integers >= 1" in err
+        assert repr(bad) in err
+
+
 def test_timesteps_flag_sets_the_timing_length_and_rejects_nonpositive(capsys):
     from benchmarks.__main__ import main, parse_args
 

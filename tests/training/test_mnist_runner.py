@@ -77,7 +77,12 @@ def test_presets_and_the_papers_rows():
         runner.CPU_PRESET["subset"],
         runner.CPU_PRESET["clipnorm"],
     )
-    assert cpu.lr_decay_epoch == cpu.epochs  # x0.1 in the last epoch of the CPU budget
+    # x0.1 in the last two epochs of the CPU budget, whatever --epochs says; an explicit
+    # --lr-decay-epoch wins.
+    assert cpu.lr_decay_epoch == cpu.epochs - 1 == runner.CPU_PRESET["epochs"] - 1
+    assert runner.parse_mnist_args(["--epochs", "3"]).lr_decay_epoch == 2
+    assert runner.parse_mnist_args(["--epochs", "1"]).lr_decay_epoch == 1
+    assert runner.parse_mnist_args(["--lr-decay-epoch", "9"]).lr_decay_epoch == 9
     paper = runner.parse_mnist_args(["--preset", "paper"])
     assert (paper.epochs, paper.lr, paper.lr_decay_epoch, paper.subset, paper.clipnorm) == (
         100,
