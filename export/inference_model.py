@@ -683,6 +683,42 @@ class InferenceModel:
             jit_compile=jit_compile or None,
         )
 
+    def projection_function(self) -> tf.types.experimental.PolymorphicFunction:
+        """`tf.function`: `inputs` (batch, T, features) -> `projected` (batch, T * units).
+
+        The per-step layers and the cell's input projection `U x + b` of all T steps, batch
+        major, with the time axis merged into the feature axis (so that one ONNX `Split`
+        gives each step's (batch, units) input). For the hand-built ONNX graph
+        (`export.onnx_folded`).
+        """
+        steps = self._fixed_time()
+        units = self._output_size
+
+        def projection(inputs):
+            x = self._pre(tf.convert_to_tensor(inputs, tf.float32))
+            # (batch * T, features): one plain matmul (a 3-D one converts to a Tensordot
+            # of shape ops around it).
+            x = tf.reshape(x, [-1, x.shape[-1]])
+            cache = self._sequence_cache()
+            with _patched(self.cell, _cache=lambda: cache):
+                projected = tf.cast(self.cell.project_inputs(x, cache), tf.float32)
+            return {"projected": tf.reshape(projected, [-1, steps * units])}
+
+        return tf.function(projection, input_signature=self.sequence_signature(fixed_time=True))
+
+    def head_function(self) -> tf.types.experimental.PolymorphicFunction:
+        """`tf.function`: `rnn_output` (batch, units), the final state -> the outputs.
+
+        The head layers and the output tensors of `serving_default` (logits, probabilities,
+        classes). For the hand-built ONNX graph (`export.onnx_folded`).
+        """
+
+        def head(rnn_output):
+            return self._head(tf.convert_to_tensor(rnn_output, tf.float32))
+
+        spec = [tf.TensorSpec([None, self._output_size], tf.float32, name="rnn_output")]
+        return tf.function(head, input_signature=spec)
+
     def tflite_sequence_function(self) -> tf.types.experimental.PolymorphicFunction:
         """The whole sequence for TFLite: the `dynamic` graph (a builtin `WHILE`; any length).
 
