@@ -367,6 +367,31 @@ def test_registry_selection_and_exported_skips():
         contenders_mod.create("onnx", Options(onnx="/nonexistent/model.onnx"))
 
 
+def test_onnx_contenders_thread_settings(tmp_path):
+    """`onnx` uses the harness's intra-op threads, `onnx-1thread` one (the server's setting);
+    both run the file."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from benchmarks.threads import INTRA_OP_THREADS
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["inputs"], ["y"], keepdims=0)],
+        "g",
+        [helper.make_tensor_value_info("inputs", TensorProto.FLOAT, [None, None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    threads = {}
+    for name in ("onnx", "onnx-1thread"):
+        contender = contenders_mod.create(name, Options(onnx=str(path)))
+        threads[name] = contender._session.get_session_options().intra_op_num_threads
+        assert np.isfinite(contender.make_inference(2, 5)()[0])
+    assert threads == {"onnx": INTRA_OP_THREADS, "onnx-1thread": 1}
+
+
 def test_a_new_contender_plugs_in_without_harness_changes():
     class Fake(contenders_mod.Contender):
         def make_inference(self, batch, timesteps):
