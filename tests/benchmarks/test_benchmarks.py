@@ -486,3 +486,27 @@ def test_timesteps_flag_sets_the_timing_length_and_rejects_nonpositive(capsys):
     assert parse_args([]).timesteps == 140
     assert main(["--only", "keras", "--timesteps", "0"]) == 2
     assert "Argument `--timesteps` must be an integer >= 1; received 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_exports_times_both_formats_of_each_folder(tmp_path):
+    """Two exports of one tiny model: every folder's SavedModel and model_fixed.onnx are
+    timed at batch 1 and the larger batch (they agree, else the command stops)."""
+    pytest.importorskip("onnxruntime")
+    import keras
+
+    from benchmarks import compare_exports
+    from export import export_model
+    from keras_nrnn import LipschitzCell
+
+    model = keras.Sequential(
+        [keras.Input((6, 1)), keras.layers.RNN(LipschitzCell(4)), keras.layers.Dense(2)]
+    )
+    folders = [export_model(model, tmp_path / "e", version=v) for v in (1, 2)]
+    out = compare_exports.main(
+        [*map(str, folders), "--rounds", "1", "--calls", "1", "--batch", "3",
+         "--batch-rounds", "1", "--batch-calls", "1"]
+    )
+    names = {f"{f} {kind}" for f in folders for kind in ("savedmodel", "model_fixed.onnx")}
+    assert set(out) == names
+    assert all(set(v) == {1, 3} and min(v.values()) > 0 for v in out.values())
