@@ -16,6 +16,7 @@ Built-in contenders (registered lazily: their modules are imported only when use
 | keras-rnn-cell-predict | ours | keras | inference via model.predict (reference only) |
 | savedmodel | ours | exported | inference of `--savedmodel DIR` |
 | onnx | ours | exported | inference of `--onnx FILE` with onnxruntime |
+| onnx-1thread | ours | exported | the same, 1 intra-op thread (the server's setting) |
 """
 
 from __future__ import annotations
@@ -276,6 +277,10 @@ def _register_builtins() -> None:
         ContenderSpec(
             "onnx", OURS, "exported", "benchmarks.exported:create",
             "exported ONNX (--onnx FILE) in onnxruntime, 2 intra-op threads",
+        ),
+        ContenderSpec(
+            "onnx-1thread", OURS, "exported", "benchmarks.exported:create",
+            "exported ONNX (--onnx FILE) in onnxruntime, 1 intra-op thread (as the server)",
         ),
     ]
     for spec in builtins:

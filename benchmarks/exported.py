@@ -57,7 +57,9 @@ class SavedModelContender(Contender):
 
 
 class OnnxContender(Contender):
-    """Inference of an ONNX file in an onnxruntime session with 2 intra-op / 1 inter-op threads.
+    """Inference of an ONNX file in an onnxruntime session with 2 intra-op / 1 inter-op threads
+    (`onnx`), or 1 intra-op thread as the onnxruntime server creates its sessions
+    (`onnx-1thread`).
 
     Spinning of idle intra-op threads is off, as in `serving/model_repo.py`: on 2 shared cores
     spinning threads halved the batch-256 throughput (measured 7,800 vs 14,400 sequences/s,
@@ -66,9 +68,12 @@ class OnnxContender(Contender):
     Args:
         name: registry name.
         options: shared options (`options.onnx` is the file).
+        intra_op_threads: onnxruntime intra-op threads (default: the harness's budget).
     """
 
-    def __init__(self, name: str, options: Options) -> None:
+    def __init__(
+        self, name: str, options: Options, intra_op_threads: int = INTRA_OP_THREADS
+    ) -> None:
         super().__init__(name, OURS, options)
         try:
             import onnxruntime as ort
@@ -77,8 +82,9 @@ class OnnxContender(Contender):
                 "onnxruntime is not installed (pip install -e .[export])"
             ) from err
         so = ort.SessionOptions()
-        so.intra_op_num_threads = INTRA_OP_THREADS
+        so.intra_op_num_threads = intra_op_threads
         so.inter_op_num_threads = INTER_OP_THREADS
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
@@ -97,7 +103,7 @@ class OnnxContender(Contender):
 
 
 def create(name: str, options: Options) -> Contender:
-    """Contender factory for `savedmodel` and `onnx`.
+    """Contender factory for `savedmodel`, `onnx` and `onnx-1thread`.
 
     Raises:
         ContenderUnavailableError: the path flag was not given, does not exist, or cannot be loaded.
@@ -111,10 +117,13 @@ def create(name: str, options: Options) -> Contender:
     """
     if name == "savedmodel":
         path, flag = options.savedmodel, "--savedmodel DIR"
-    elif name == "onnx":
+    elif name in ("onnx", "onnx-1thread"):
         path, flag = options.onnx, "--onnx FILE"
     else:
-        raise ValueError(f"Argument `name` must be 'savedmodel' or 'onnx'; received name={name!r}")
+        raise ValueError(
+            "Argument `name` must be 'savedmodel', 'onnx' or 'onnx-1thread'; "
+            f"received name={name!r}"
+        )
     if not path:
         raise ContenderUnavailableError(f"no {flag} given")
     if not Path(path).exists():
@@ -126,6 +135,8 @@ def create(name: str, options: Options) -> Contender:
         except (OSError, ValueError) as err:
             raise ContenderUnavailableError(f"cannot load SavedModel {path}: {err}") from err
     try:
+        if name == "onnx-1thread":
+            return OnnxContender(name, options, intra_op_threads=1)
         return OnnxContender(name, options)
     except ContenderUnavailableError:
         raise

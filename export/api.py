@@ -24,6 +24,7 @@ from export.onnx_export import (
     sequence_dim_names,
     step_dim_names,
 )
+from export.onnx_folded import convert_fixed_sequence
 from export.options import DEFAULT_FORMATS, FORMATS, check_time_steps, check_version, parse_formats
 from export.savedmodel import save_inference_model
 from export.verify import SavedModelCliCheck, default_sample_feeds, verify_export
@@ -370,22 +371,22 @@ def _write_export(
         atomic_write_text(tmp / "assets" / METADATA_FILE, meta_text)
     if "onnx" in fmt:
         onnx_mode = options["onnx_time_steps"]
-        convert_function(
-            im.sequence_function(time_mode=onnx_mode),
-            im.sequence_inputs(fixed_time=onnx_mode == "fixed"),
-            tmp / ONNX_SEQUENCE_FILE,
-            output_names=im.output_names(),
-            opset=DEFAULT_OPSET,
-            dim_names=sequence_dim_names(im),
-        )
-        if options["onnx_fixed_time_file"]:
+        if onnx_mode == "fixed":  # hand-built for a folded Lipschitz cell, else tf2onnx
+            convert_fixed_sequence(
+                im, tmp / ONNX_SEQUENCE_FILE, opset=DEFAULT_OPSET, dim_names=sequence_dim_names(im)
+            )
+        else:
             convert_function(
-                im.sequence_function(time_mode="fixed"),
-                im.sequence_inputs(fixed_time=True),
-                tmp / ONNX_FIXED_FILE,
+                im.sequence_function(time_mode=onnx_mode),
+                im.sequence_inputs(),
+                tmp / ONNX_SEQUENCE_FILE,
                 output_names=im.output_names(),
                 opset=DEFAULT_OPSET,
                 dim_names=sequence_dim_names(im),
+            )
+        if options["onnx_fixed_time_file"]:
+            convert_fixed_sequence(
+                im, tmp / ONNX_FIXED_FILE, opset=DEFAULT_OPSET, dim_names=sequence_dim_names(im)
             )
         if im.streaming:
             convert_function(

@@ -454,7 +454,7 @@ class InferenceModel:
         step, `calls` None and `output_scale` mapping its final state to the output.
         """
         cell = self.cell
-        if self.lipschitz_fold and _foldable_lipschitz(cell):
+        if self.folded_matrices() is not None:
             return self._folded_lipschitz_step(cache)
         calls = []
 
@@ -464,33 +464,47 @@ class InferenceModel:
 
         return step, calls, None
 
-    def _folded_lipschitz_step(self, cache: dict):
-        """Lipschitz cells, Euler step, folded into `g <- g M + a(g V + p)` on `g = h / dt`.
+    def folded_matrices(self) -> dict[str, np.ndarray] | None:
+        """The constants of the folded Lipschitz step, or None if the cell is not folded.
 
         `h' = h + dt (A h + a(W h + p))` (row vectors: `h' = h (I + dt A)^T + dt a(h W^T + p)`)
-        with the state scaled per unit, `h = dt * g`, becomes `g' = g M + a(g V + p)` with the
-        constants `M = diag(dt) (I + dt A)^T diag(1 / dt)` and `V = diag(dt) W^T`, formed once
-        in float64 at export time: two matmuls, one add, one activation and one add per step,
-        no multiply by dt. The loop starts from zero states (`g = h = 0`); the returned
-        `output_scale` turns the final `g` back into `h = dt * g`.
+        with the state scaled per unit, `h = dt * g`, becomes `g' = g M + a(g V + p)` with
+        `M = diag(dt) (I + dt A)^T diag(1 / dt)` and `V = diag(dt) W^T`, formed in float64.
+
+        Returns:
+            `{"M": (units, units), "V": (units, units), "dt": (units,)}` float64 arrays when
+            the whole-sequence graphs use the folded step (`hoist`, `lipschitz_fold` and a
+            foldable cell, see `_foldable_lipschitz`), else None.
         """
         cell = self.cell
+        if not (self.hoist and self.lipschitz_fold and _foldable_lipschitz(cell)):
+            return None
         units = cell.units
         rk = np.asarray(cell._frozen_cache["recurrent_kernel"], np.float64)
         dt = np.broadcast_to(np.asarray(cell._frozen_cache["dt"], np.float64), (units,))
         a_t, w_t = rk[:, :units], rk[:, units:]
         m = dt[:, None] * (np.eye(units) + a_t * dt[None, :]) / dt[None, :]
-        v = dt[:, None] * w_t
-        m_c = tf.constant(m.astype(np.float32))
-        v_c = tf.constant(v.astype(np.float32))
-        activation = cell.activation
+        return {"M": m, "V": dt[:, None] * w_t, "dt": np.array(dt)}
+
+    def _folded_lipschitz_step(self, cache: dict):
+        """Lipschitz cells, Euler step, folded into `g <- g M + a(g V + p)` on `g = h / dt`
+        (`folded_matrices`): two matmuls, one add, one activation and one add per step, no
+        multiply by dt. The loop starts from zero states (`g = h = 0`; the unrolled graph
+        takes its first step as `a(p)`); the returned `output_scale` turns the final `g`
+        back into `h = dt * g`.
+        """
+        del cache
+        folded = self.folded_matrices()
+        m_c = tf.constant(folded["M"].astype(np.float32))
+        v_c = tf.constant(folded["V"].astype(np.float32))
+        activation = self.cell.activation
 
         def step(p_t, states):
             g = states[0]
             g = tf.matmul(g, m_c) + activation(tf.matmul(g, v_c) + p_t)
             return g, [g]
 
-        scale = tf.constant(dt.astype(np.float32))
+        scale = tf.constant(folded["dt"].astype(np.float32))
         return step, None, lambda g: g * scale
 
     def _loop_parts(self, inputs):
@@ -569,8 +583,13 @@ class InferenceModel:
                 "An unrolled sequence graph needs a static time length; the input has shape "
                 f"{tf.convert_to_tensor(inputs).shape}."
             )
+        steps = tf.unstack(seq_tm, axis=0)
         output = None
-        for x_t in tf.unstack(seq_tm, axis=0):
+        if scaling is not None:
+            # The folded step from g = 0 is g M + a(g V + p) = a(p): no matmul of zeros.
+            output = self.cell.activation(steps[0])
+            states, steps = [output], steps[1:]
+        for x_t in steps:
             output, states = step(x_t, states)
         if scaling is not None:
             output = scaling(output)
@@ -663,6 +682,42 @@ class InferenceModel:
             input_signature=self.sequence_signature(fixed_time=time_mode == "fixed"),
             jit_compile=jit_compile or None,
         )
+
+    def projection_function(self) -> tf.types.experimental.PolymorphicFunction:
+        """`tf.function`: `inputs` (batch, T, features) -> `projected` (batch, T * units).
+
+        The per-step layers and the cell's input projection `U x + b` of all T steps, batch
+        major, with the time axis merged into the feature axis (so that one ONNX `Split`
+        gives each step's (batch, units) input). For the hand-built ONNX graph
+        (`export.onnx_folded`).
+        """
+        steps = self._fixed_time()
+        units = self._output_size
+
+        def projection(inputs):
+            x = self._pre(tf.convert_to_tensor(inputs, tf.float32))
+            # (batch * T, features): one plain matmul (a 3-D one converts to a Tensordot
+            # of shape ops around it).
+            x = tf.reshape(x, [-1, x.shape[-1]])
+            cache = self._sequence_cache()
+            with _patched(self.cell, _cache=lambda: cache):
+                projected = tf.cast(self.cell.project_inputs(x, cache), tf.float32)
+            return {"projected": tf.reshape(projected, [-1, steps * units])}
+
+        return tf.function(projection, input_signature=self.sequence_signature(fixed_time=True))
+
+    def head_function(self) -> tf.types.experimental.PolymorphicFunction:
+        """`tf.function`: `rnn_output` (batch, units), the final state -> the outputs.
+
+        The head layers and the output tensors of `serving_default` (logits, probabilities,
+        classes). For the hand-built ONNX graph (`export.onnx_folded`).
+        """
+
+        def head(rnn_output):
+            return self._head(tf.convert_to_tensor(rnn_output, tf.float32))
+
+        spec = [tf.TensorSpec([None, self._output_size], tf.float32, name="rnn_output")]
+        return tf.function(head, input_signature=spec)
 
     def tflite_sequence_function(self) -> tf.types.experimental.PolymorphicFunction:
         """The whole sequence for TFLite: the `dynamic` graph (a builtin `WHILE`; any length).

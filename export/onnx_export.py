@@ -28,9 +28,11 @@ from export.errors import ExportError
 __all__ = [
     "DEFAULT_OPSET",
     "RANDOM_ONNX_OPS",
+    "check_onnx",
     "convert_function",
     "find_random_onnx_ops",
     "onnx_op_types",
+    "tf_to_onnx",
 ]
 
 DEFAULT_OPSET = 17
@@ -160,40 +162,73 @@ def convert_function(
     >>> [o.name for o in convert_function(fn, spec, p, output_names=["y"]).graph.output]
     ['y']
     """
+    path = Path(path)
+    model = tf_to_onnx(
+        function, input_signature, path.name, output_names=output_names, opset=opset
+    )
+    if dim_names:
+        name_dims(model, dim_names)
+        check_onnx(model, path.name)
+    atomic_write_bytes(path, model.SerializeToString())
+    return model
+
+
+def check_onnx(model: onnx.ModelProto, name: str) -> None:
+    """`onnx.checker.check_model(model, full_check=True)`, or an `ExportError` naming `name`."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:
+        raise ExportError(f"{name} fails onnx.checker.check_model: {err}") from err
+
+
+def tf_to_onnx(
+    function: tf.types.experimental.PolymorphicFunction,
+    input_signature: list[tf.TensorSpec],
+    name: str,
+    *,
+    output_names: Iterable[str],
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Convert a `tf.function` with tf2onnx and check the result (nothing is written).
+
+    Args:
+        function: the `tf.function` to convert.
+        input_signature: its named `tf.TensorSpec`s; they become the ONNX input names.
+        name: the file or part name used in error messages.
+        output_names: the expected ONNX output names (the keys of the function's output dict).
+        opset: the ONNX opset (default 17).
+
+    Returns:
+        The `onnx.ModelProto`, checked with `onnx.checker.check_model(full_check=True)`.
+
+    Raises:
+        ExportError: tf2onnx logged an error, the model fails the checker, or its
+            input/output names are not the expected ones.
+    """
     import tf2onnx  # local: importing tf2onnx is slow and only needed here
 
-    path = Path(path)
+    output_names = list(output_names)
     with _tf2onnx_errors() as errors:
         try:
             model, _ = tf2onnx.convert.from_function(
                 function, input_signature=input_signature, opset=opset
             )
         except Exception as err:
-            raise ExportError(f"tf2onnx failed to convert {path.name}: {err}") from err
+            raise ExportError(f"tf2onnx failed to convert {name}: {err}") from err
     if errors.messages:
         shown = "\n  ".join(m.splitlines()[0][:300] for m in errors.messages[:10])
         raise ExportError(
-            f"tf2onnx reported {len(errors.messages)} error(s) converting {path.name} "
+            f"tf2onnx reported {len(errors.messages)} error(s) converting {name} "
             f"(opset {opset}); refusing to write a partial ONNX model:\n  {shown}"
         )
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as err:
-        raise ExportError(f"{path.name} fails onnx.checker.check_model: {err}") from err
+    check_onnx(model, name)
     inputs = sorted(i.name for i in model.graph.input)
     outputs = sorted(o.name for o in model.graph.output)
     if inputs != sorted(s.name for s in input_signature) or outputs != sorted(output_names):
         raise ExportError(
-            f"{path.name} has inputs {inputs} and outputs {outputs}; expected "
+            f"{name} has inputs {inputs} and outputs {outputs}; expected "
             f"{sorted(s.name for s in input_signature)} and {sorted(output_names)}."
         )
-    if dim_names:
-        name_dims(model, dim_names)
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except Exception as err:
-            raise ExportError(f"{path.name} fails onnx.checker.check_model: {err}") from err
-    atomic_write_bytes(path, model.SerializeToString())
     return model
 
 

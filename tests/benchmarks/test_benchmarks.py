@@ -367,6 +367,31 @@ def test_registry_selection_and_exported_skips():
         contenders_mod.create("onnx", Options(onnx="/nonexistent/model.onnx"))
 
 
+def test_onnx_contenders_thread_settings(tmp_path):
+    """`onnx` uses the harness's intra-op threads, `onnx-1thread` one (the server's setting);
+    both run the file."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from benchmarks.threads import INTRA_OP_THREADS
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["inputs"], ["y"], keepdims=0)],
+        "g",
+        [helper.make_tensor_value_info("inputs", TensorProto.FLOAT, [None, None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    threads = {}
+    for name in ("onnx", "onnx-1thread"):
+        contender = contenders_mod.create(name, Options(onnx=str(path)))
+        threads[name] = contender._session.get_session_options().intra_op_num_threads
+        assert np.isfinite(contender.make_inference(2, 5)()[0])
+    assert threads == {"onnx": INTRA_OP_THREADS, "onnx-1thread": 1}
+
+
 def test_a_new_contender_plugs_in_without_harness_changes():
     class Fake(contenders_mod.Contender):
         def make_inference(self, batch, timesteps):
@@ -488,3 +513,27 @@ def test_timesteps_flag_sets_the_timing_length_and_rejects_nonpositive(capsys):
     assert parse_args([]).timesteps == 140
     assert main(["--only", "keras", "--timesteps", "0"]) == 2
     assert "Argument `--timesteps` must be an integer >= 1; received 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_exports_times_both_formats_of_each_folder(tmp_path):
+    """Two exports of one tiny model: every folder's SavedModel and model_fixed.onnx are
+    timed at batch 1 and the larger batch (they agree, else the command stops)."""
+    pytest.importorskip("onnxruntime")
+    import keras
+
+    from benchmarks import compare_exports
+    from export import export_model
+    from keras_nrnn import LipschitzCell
+
+    model = keras.Sequential(
+        [keras.Input((6, 1)), keras.layers.RNN(LipschitzCell(4)), keras.layers.Dense(2)]
+    )
+    folders = [export_model(model, tmp_path / "e", version=v) for v in (1, 2)]
+    out = compare_exports.main(
+        [*map(str, folders), "--rounds", "1", "--calls", "1", "--batch", "3",
+         "--batch-rounds", "1", "--batch-calls", "1"]
+    )
+    names = {f"{f} {kind}" for f in folders for kind in ("savedmodel", "model_fixed.onnx")}
+    assert set(out) == names
+    assert all(set(v) == {1, 3} and min(v.values()) > 0 for v in out.values())

@@ -120,6 +120,9 @@ def test_folded_lipschitz_step_matches_numpy_in_every_time_mode(learnable_dt):
             if hoist and fold:  # one Tanh per step, no per-step multiply by dt
                 tanh = ops.count("Tanh")
                 assert tanh == (TIME if mode == "fixed" else TIME + 1 if mode == "hybrid" else 1)
+                if mode == "fixed":  # the first step from g = 0 is a(p): no matmul of zeros
+                    # + the input projection and the head Dense
+                    assert ops.count("MatMul") == 2 * (TIME - 1) + 2
     # A hybrid graph takes other lengths too (its while branch).
     im.hoist, im.lipschitz_fold = True, True
     short = inputs(time=4)
