@@ -96,8 +96,8 @@ def test_bad_levels_name_the_argument(make, arg):
 def test_a_steps_kinds_are_independent_of_other_replicas_draws():
     """Replicas shift the first key word by `REPLICA_STRIDE * r`. A step's second variate
     (ResearchNoise's uniform) comes from the step's own key, so it is none of another
-    replica's arrays: version 0.2 derived it from a second key that one replica shift
-    reached (replica r+1's normals were replica r's uniforms)."""
+    replica's arrays: an earlier version derived it from a second key that one replica
+    shift reached (replica r+1's normals were replica r's uniforms)."""
     base = np.array([3, 17], "int64")
     xi, u = (
         np_(a).ravel() for a in brownian.variates(("normal", "uniform"), (4000,), "float32", base)
