@@ -12,8 +12,7 @@ So a loop body never has to touch random state:
 - `keras_nrnn.SDERNN` reserves the `T` keys of a sequence before its loop (`reserve_base`)
   and draws the variates of all `T` steps at once (`sequence_variates`), feeding row `t` to
   step `t` as an input; the loop body has no random op, which is what `jax.lax.scan` and
-  XLA need, and one large draw costs about a fifth of `T` small ones inside a compiled loop
-  (docs/performance.md).
+  XLA need (docs/performance.md has the measurements).
 - A cell inside `keras.layers.RNN` takes its key from the generator at each step
   (`next_key`) and draws that step's variates (`variates`); row `t` of `sequence_variates`
   is exactly what step `t` draws, so both layers follow the same path with the same seed,

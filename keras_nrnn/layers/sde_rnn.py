@@ -11,10 +11,9 @@ step contract (`keras_nrnn.cells.base`):
   there are enough input features for that to pay (see `project_inputs_first`);
 - in training mode the Brownian variates of the whole sequence are drawn before the loop,
   in one random op (`SDECell.draw_sequence`), and fed to the steps as inputs, so the loop
-  body has no random op: it runs under `jax.lax.scan` and compiles well with XLA, and one
-  large draw costs about a fifth of the same numbers drawn step by step inside a compiled
-  loop. They come from the keys `keras.layers.RNN(cell)` would draw step by step, so the
-  same seed gives the same noise under both layers.
+  body has no random op: it runs under `jax.lax.scan` and compiles well with XLA. They
+  come from the keys `keras.layers.RNN(cell)` would draw step by step, so the same seed
+  gives the same noise under both layers.
 """
 
 from __future__ import annotations
