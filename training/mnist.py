@@ -225,6 +225,15 @@ def build_mnist_parser(preset: str = "cpu") -> argparse.ArgumentParser:
         "robustness and write the paper's Tables 1, 2 (and 5) beside ours.",
         {**DEFAULTS, "epochs": values["epochs"], "lr": values["lr"]},
     )
+    last = values.get("lr_decay_last_epochs")
+    if last is not None:
+        for action in p._actions:
+            if "--lr-decay-epoch" in action.option_strings:
+                action.help = (
+                    "1-based epoch from which lr is multiplied by --lr-decay-factor "
+                    f"(default with --preset {preset}: the last {last} epochs; --epochs+1 "
+                    "disables the decay)"
+                )
     g = p.add_argument_group("pixel MNIST")
     g.add_argument("--task", choices=("ordered", "permuted"), default="ordered")
     g.add_argument(
