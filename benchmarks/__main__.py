@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory figure")
     parser.add_argument(
-        "--memory-timesteps", default="140,1400,14000",
+        "--memory-timesteps", default="140,784,1400,14000",
         help="comma-separated T values of the memory figure (--quick uses the first only)",
     )
     parser.add_argument(

@@ -80,7 +80,7 @@ class Settings:
     long_timesteps: tuple[int, ...] = (784,)
     long_contenders: tuple[str, ...] = ("torch-loop", "keras-sdernn-xla", "keras-rnn-cell-xla")
     infer_batch: int = 256
-    memory_timesteps: tuple[int, ...] = (140, 1400, 14000)
+    memory_timesteps: tuple[int, ...] = (140, 784, 1400, 14000)
     memory_batch: int = 8
     seed: int = 0
     isolate: bool = True
