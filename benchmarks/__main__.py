@@ -71,6 +71,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _positive_ints(text: str) -> tuple[int, ...] | None:
+    """Comma-separated integers >= 1 (empty parts skipped), or None if any part is not one.
+
+    Example:
+
+    >>> _positive_ints("784, 1568"), _positive_ints(""), _positive_ints("0"), _positive_ints("x")
+    ((784, 1568), (), None, None)
+    """
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not all(t.isdigit() and int(t) >= 1 for t in parts):
+        return None
+    return tuple(int(t) for t in parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = parse_args(argv)
@@ -110,11 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        long_timesteps = tuple(int(t) for t in args.long_timesteps.split(",") if t.strip())
-    except ValueError:
-        long_timesteps = (0,)
-    if any(t < 1 for t in long_timesteps):
+    long_timesteps = _positive_ints(args.long_timesteps)
+    if long_timesteps is None:
         print(
             "Argument `--long-timesteps` must be comma-separated integers >= 1 (or ''); "
             f"received {args.long_timesteps!r}",
