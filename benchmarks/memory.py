@@ -3,11 +3,15 @@
 `tracemalloc` sees only Python allocations, not TensorFlow's or PyTorch's C++ buffers, so the
 figure is the resident set size (RSS) of a fresh process, read from `/proc/self/status`:
 
-1. the child imports the framework, builds the contender's model, optimizer and data, calls
-   `malloc_trim(0)` and reads its RSS (`VmRSS`): `rss_setup_mb`;
-2. it resets the kernel's RSS high-water mark (`VmHWM`, by writing 5 to `/proc/self/clear_refs`),
-   runs one warm-up training step (tracing, XLA compilation, optimizer slots) and reads VmHWM:
-   `first_step_peak_mb` = that peak minus rss_setup;
+1. the child imports the framework and trains a throwaway tiny model of the same kind for one
+   step (batch 1, T 2): the framework's one-time start-up (XLA's compiler and CPU runtime,
+   autograd's engine threads) is a cost of the process, not of a training step, and would
+   otherwise be charged to whichever step came first (`runtime_warm_up_mb` reports it);
+2. it builds the contender's model, optimizer and data, calls `malloc_trim(0)` and reads its
+   RSS (`VmRSS`): `rss_setup_mb`; it resets the kernel's RSS high-water mark (`VmHWM`, by
+   writing 5 to `/proc/self/clear_refs`), runs one warm-up training step (tracing, XLA
+   compilation, optimizer slots) and reads VmHWM: `first_step_peak_mb` = that peak minus
+   rss_setup;
 3. it trims again, reads VmRSS (`rss_before_step_mb`), resets VmHWM, runs one more step and
    reads VmHWM.
 
@@ -41,10 +45,14 @@ import sys
 from pathlib import Path
 
 RESULT_PREFIX = "MEMORY_RESULT "
+#: Sequence length of the throwaway warm-up step (batch 1) that pays the framework's start-up.
+WARM_UP_TIMESTEPS = 2
 WHAT_IS_MEASURED = (
     "resident memory (RSS) a steady-state training step needs on top of the built model: "
     "RSS high-water mark during the 2nd training step minus RSS after building model, optimizer "
-    "and data (so it includes compiled programs and buffers kept from the 1st step), in a fresh "
+    "and data (so it includes compiled programs and buffers kept from the 1st step), after a "
+    "throwaway step of a tiny model (batch 1, T 2) has paid the framework's one-time start-up "
+    "(XLA's compiler and runtime, autograd's engine; column 'runtime warm-up'), in a fresh "
     "subprocess per contender and T (Linux /proc VmHWM reset via /proc/self/clear_refs, "
     "malloc_trim before reading RSS; 1 intra-op thread on both sides)"
 )
@@ -100,13 +108,26 @@ def measure_in_this_process(contender: str, timesteps: int, batch: int, seed: in
     >>> measure_in_this_process("torch-loop", 10, 2)  # doctest: +SKIP
     """
     from benchmarks.contenders import Options, create, get_spec
-    from benchmarks.threads import configure_tensorflow
+    from benchmarks.threads import configure_tensorflow, configure_torch
 
     if get_spec(contender).group != "torch":
         configure_tensorflow()
-    step = create(contender, Options(seed=seed)).make_train_step(batch, timesteps, noisy=True)
-    if step is None:
+    else:
+        configure_torch()  # imports torch, so that its import is not counted as start-up
+    # The framework's one-time start-up (XLA's compiler and CPU runtime, autograd's engine
+    # threads) is paid by a throwaway step of a tiny model of the same kind, before the
+    # measured model exists: it is a cost of the process, not of a training step.
+    _trim()
+    rss_start = _status_kb("VmRSS")
+    warm = create(contender, Options(seed=seed)).make_train_step(1, WARM_UP_TIMESTEPS, noisy=True)
+    if warm is None:
         raise ValueError(f"Argument `contender` must have a training step; {contender!r} has none")
+    warm()
+    del warm
+    gc.collect()
+    _trim()
+    rss_warm = _status_kb("VmRSS")
+    step = create(contender, Options(seed=seed)).make_train_step(batch, timesteps, noisy=True)
     _trim()
     rss_setup = _status_kb("VmRSS")
     setup_peak = _status_kb("VmHWM") or 0
@@ -127,6 +148,7 @@ def measure_in_this_process(contender: str, timesteps: int, batch: int, seed: in
         "step_transient_mb": max(peak - rss_before, 0) * mb if rss_before else None,
         "first_step_peak_mb": max(first_peak - rss_setup, 0) * mb if rss_setup else None,
         "rss_setup_mb": rss_setup * mb if rss_setup else None,
+        "runtime_warm_up_mb": max(rss_warm - rss_start, 0) * mb if rss_start else None,
         "rss_before_step_mb": rss_before * mb if rss_before else None,
         "process_peak_mb": max(setup_peak, first_peak, peak) * mb,
         "method": "VmHWM reset via clear_refs" if can_reset else "ru_maxrss (no reset possible)",

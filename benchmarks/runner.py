@@ -32,7 +32,7 @@ from benchmarks.harness import (
     verdict,
 )
 from benchmarks.memory import WHAT_IS_MEASURED, measure_in_subprocess
-from benchmarks.threads import INTER_OP_THREADS, INTRA_OP_THREADS
+from benchmarks.threads import INTER_OP_THREADS, INTRA_OP_THREADS, TF_INTER_OP_THREADS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DETERMINISTIC_SUFFIX = "/deterministic"
@@ -212,6 +212,7 @@ MEMORY_HEADERS = [
     "transient MB (above RSS just before)",
     "1st step peak MB (incl. tracing/compile)",
     "RSS after setup MB",
+    "runtime warm-up MB (excluded)",
     "process peak MB",
 ]
 MEMORY_KEYS = (
@@ -219,23 +220,25 @@ MEMORY_KEYS = (
     "step_transient_mb",
     "first_step_peak_mb",
     "rss_setup_mb",
+    "runtime_warm_up_mb",
     "process_peak_mb",
 )
 
 
 def memory_rows(memory: Mapping[str, Mapping[str, dict]]) -> list[list[str]]:
-    """Detail rows of the memory measurements (T, contender, the five figures in MB).
+    """Detail rows of the memory measurements (T, contender, the six figures in MB).
 
     Example:
 
     >>> memory_rows({"140": {"x": {"error": "boom"}}})
-    [['140', 'x', 'error: boom', '-', '-', '-', '-']]
+    [['140', 'x', 'error: boom', '-', '-', '-', '-', '-']]
     """
     rows = []
     for steps, by_name in memory.items():
         for name, out in by_name.items():
             if "error" in out:
-                rows.append([steps, name, f"error: {out['error']}"] + ["-"] * 4)
+                blanks = ["-"] * (len(MEMORY_KEYS) - 1)
+                rows.append([steps, name, f"error: {out['error']}", *blanks])
                 continue
             rows.append([steps, name] + [format_number(out.get(key)) for key in MEMORY_KEYS])
     return rows
@@ -420,6 +423,34 @@ def run_memory(settings: Settings, names: list[str], sides: Mapping[str, str], r
             sides,
             note=WHAT_IS_MEASURED,
         )
+    if len(timesteps) >= 2:
+        short, long = str(min(timesteps)), str(max(timesteps))
+        results["figures"]["memory_mb_per_1000_steps"] = make_figure(
+            f"memory per 1,000 steps of T (slope of the step peak, T {short} to {long}), "
+            f"batch {settings.memory_batch}",
+            "MB",
+            LOWER_IS_BETTER,
+            {name: memory_slope(results["memory"], name, short, long) for name in names},
+            sides,
+            note="what the step keeps per time step for the backward pass; the step peak at "
+            "small T is mostly the fixed cost of the traced or compiled program",
+        )
+
+
+def memory_slope(memory: Mapping[str, Mapping[str, dict]], name: str, short: str, long: str):
+    """MB per 1,000 steps of T between two measured lengths, or None if one failed.
+
+    Example:
+
+    >>> memory_slope({"100": {"x": {"step_peak_mb": 10.0}},
+    ...               "1100": {"x": {"step_peak_mb": 30.0}}}, "x", "100", "1100")
+    20.0
+    """
+    low = memory.get(short, {}).get(name, {}).get("step_peak_mb")
+    high = memory.get(long, {}).get(name, {}).get("step_peak_mb")
+    if low is None or high is None or int(long) <= int(short):
+        return None
+    return (high - low) * 1000.0 / (int(long) - int(short))
 
 
 def _versions() -> dict[str, str]:
@@ -495,7 +526,11 @@ def run(settings: Settings) -> dict:
         "cpu_count": os.cpu_count(),
         "loadavg_start": list(load_start),
         "loadavg_end": list(os.getloadavg()),
-        "threads": {"intra_op": INTRA_OP_THREADS, "inter_op": INTER_OP_THREADS},
+        "threads": {
+            "intra_op": INTRA_OP_THREADS,
+            "inter_op": INTER_OP_THREADS,
+            "tensorflow_inter_op": TF_INTER_OP_THREADS,
+        },
         "versions": _versions(),
         "config": dataclasses.asdict(ECG),
         "train_batch": settings.train_batch,
@@ -509,6 +544,14 @@ def run(settings: Settings) -> dict:
     return results
 
 
+def _tf_inter_text(threads: Mapping) -> str:
+    """`' (TensorFlow inter-op N)'` when TensorFlow's inter-op count differs, else ''."""
+    tf_inter = threads.get("tensorflow_inter_op")  # absent in results of older versions
+    if tf_inter is None or tf_inter == threads["inter_op"]:
+        return ""
+    return f" (TensorFlow inter-op {tf_inter})"
+
+
 def render(results: Mapping, markdown: bool) -> str:
     """The report: the figures table, then skipped contenders and notes."""
     lines = []
@@ -517,7 +560,8 @@ def render(results: Mapping, markdown: bool) -> str:
         lines += ["# keras_nrnn benchmark results", ""]
     lines.append(
         f"{meta['started_utc']}  {meta['cpu']} ({meta['cpu_count']} CPUs), threads "
-        f"{meta['threads']['intra_op']}/{meta['threads']['inter_op']}, load "
+        f"{meta['threads']['intra_op']}/{meta['threads']['inter_op']} intra/inter-op"
+        f"{_tf_inter_text(meta['threads'])}, load "
         f"{meta['loadavg_start'][0]:.2f} -> {meta['loadavg_end'][0]:.2f}, "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
         + (" [QUICK]" if meta["quick"] else "")

@@ -162,6 +162,16 @@ def test_torch_memory_subprocess_reports_figures():
     assert out["step_peak_mb"] >= out["step_transient_mb"] >= 0
     assert out["process_peak_mb"] >= out["rss_before_step_mb"] > 0
     assert out["process_peak_mb"] >= out["rss_setup_mb"] + out["step_peak_mb"] - 0.01
+    # the framework's start-up is paid before the measured model is built
+    assert out["runtime_warm_up_mb"] >= 0
+
+
+def test_memory_slope_is_the_step_peak_difference_per_1000_steps():
+    memory = {"140": {"a": {"step_peak_mb": 12.0}, "b": {"error": "boom"}},
+              "1140": {"a": {"step_peak_mb": 20.5}, "b": {"step_peak_mb": 9.0}}}
+    assert runner.memory_slope(memory, "a", "140", "1140") == pytest.approx(8.5)
+    assert runner.memory_slope(memory, "b", "140", "1140") is None
+    assert runner.memory_slope(memory, "a", "1140", "140") is None
 
 
 def test_worker_process_runs_a_contender_and_reports_its_own_timings():
@@ -329,14 +339,15 @@ def test_render_and_write_round_trip(tmp_path):
     results = {
         "meta": {
             "started_utc": "2026-01-01T00:00:00+00:00", "cpu": "cpu", "cpu_count": 2,
-            "threads": {"intra_op": 2, "inter_op": 1}, "loadavg_start": [0.1, 0, 0],
+            "threads": {"intra_op": 2, "inter_op": 1, "tensorflow_inter_op": 2},
+            "loadavg_start": [0.1, 0, 0],
             "loadavg_end": [0.2, 0, 0], "versions": {"python": "3.11"}, "quick": True,
             "memory_measure": "RSS",
         },
         "figures": {"lat": fig},
         "memory": {"140": {"o": {"step_peak_mb": 1.5, "step_transient_mb": 0.5,
                                  "first_step_peak_mb": 2.0, "rss_setup_mb": 100.0,
-                                 "process_peak_mb": 120.0}}},
+                                 "runtime_warm_up_mb": 40.0, "process_peak_mb": 120.0}}},
         "skipped": {"onnx": "no --onnx FILE given"},
     }
     json_path, md_path = runner.write(results, tmp_path)
@@ -344,7 +355,8 @@ def test_render_and_write_round_trip(tmp_path):
     md = md_path.read_text()
     assert "| lat [ms] | o | 1.00 | 2.00 (b) | 0.500 | lower is better | better |" in md
     assert "skipped onnx: no --onnx FILE given" in md
-    assert "| 140 | o | 1.50 | 0.500 | 2.00 | 100 | 120 |" in md
+    assert "| 140 | o | 1.50 | 0.500 | 2.00 | 100 | 40.0 | 120 |" in md
+    assert "threads 2/1 intra/inter-op (TensorFlow inter-op 2)" in md
 
 
 # --------------------------------------------------------------------------- registry
@@ -467,7 +479,7 @@ def test_cli_quick_keras_only_writes_expected_json(tmp_path):
     assert results["figures"]["infer_latency_ms_b1"]["direction"] == "lower is better"
     assert results["memory"]["140"]["keras-rnn-cell"]["step_peak_mb"] >= 0
     assert results["skipped"]["onnx"] == "no --onnx FILE given"
-    assert results["meta"]["threads"] == {"intra_op": 2, "inter_op": 1}
+    assert results["meta"]["threads"] == {"intra_op": 2, "inter_op": 1, "tensorflow_inter_op": 2}
 
 
 def test_cli_list_needs_no_framework():
