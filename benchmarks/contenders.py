@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import statistics
+import time
 from collections.abc import Callable
 
 from benchmarks.config import ECG, ECGConfig
@@ -104,6 +106,31 @@ class Contender:
             timesteps: sequence length.
         """
         return None
+
+    def make_inference_burst(
+        self, batch: int, timesteps: int, calls: int
+    ) -> Callable[[], float] | None:
+        """A callable running `calls` inferences back to back and returning the median
+        seconds of one (what a busy server sees: caches and thread pools warm), or None.
+
+        Args:
+            batch: sequences per call.
+            timesteps: sequence length.
+            calls: consecutive calls per sample, >= 1.
+        """
+        fn = self.make_inference(batch, timesteps)
+        if fn is None:
+            return None
+
+        def burst() -> float:
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            return statistics.median(times)
+
+        return burst
 
     def release(self) -> None:
         """Free framework state after a figure (e.g. Keras sessions). Optional."""

@@ -362,6 +362,10 @@ def run_training(
     )
 
 
+#: Consecutive batch-1 calls per sample of the back-to-back latency figure.
+BURST_CALLS = 20
+
+
 def run_inference(settings: Settings, contenders: Mapping[str, Contender], results: dict) -> None:
     """Inference latency at batch 1 and throughput at batch `infer_batch` (no noise)."""
     steps = settings.timesteps
@@ -396,6 +400,37 @@ def run_inference(settings: Settings, contenders: Mapping[str, Contender], resul
                 {n: t.items_per_s for n, t in timings.items()},
                 sides,
             )
+
+
+def run_latency_back_to_back(
+    settings: Settings, contenders: Mapping[str, Contender], results: dict
+) -> None:
+    """Batch-1 latency with the calls back to back in one process (a busy server's setting):
+    each sample is the median of `BURST_CALLS` consecutive calls of one contender, and the
+    contenders alternate sample by sample."""
+    steps = settings.timesteps
+    sides = {n: c.side for n, c in contenders.items()}
+    fns = {}
+    for name, contender in contenders.items():
+        fn = contender.make_inference_burst(1, steps, BURST_CALLS)
+        if fn is not None:
+            fns[name] = fn
+    warmup, repeats = settings.repeats("throughput")
+    log(f"inference batch 1, back to back: {len(fns)} contenders, {BURST_CALLS} calls a sample")
+    timings = time_alternating(fns, warmup=warmup, repeats=repeats, progress=log, self_timed=True)
+    key = "infer_latency_ms_b1_back_to_back"
+    results["timings"][key] = {n: t.to_dict() for n, t in timings.items()}
+    results["figures"][key] = make_figure(
+        f"inference latency, batch 1, T {steps}, {BURST_CALLS} calls back to back in one "
+        "process (median)",
+        "ms",
+        LOWER_IS_BETTER,
+        {n: t.median_ms for n, t in timings.items()},
+        sides,
+        note="each sample is the median of consecutive calls in the contender's own process, "
+        "as a server under load makes them; the other latency figure times single calls that "
+        "alternate between processes, so caches and thread pools are cold",
+    )
 
 
 def run_memory(settings: Settings, names: list[str], sides: Mapping[str, str], results: dict):
@@ -502,6 +537,7 @@ def run(settings: Settings) -> dict:
                 run_training(settings, long, results, steps=steps)
                 _release(long)
             run_inference(settings, contenders, results)
+            run_latency_back_to_back(settings, contenders, results)
     finally:
         for contender in contenders.values():
             if hasattr(contender, "close"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,6 +188,22 @@ class RemoteContender(Contender):
         self, batch: int, timesteps: int, noisy: bool = True
     ) -> Callable[[], float] | None:
         return self._make(kind="train", batch=batch, timesteps=timesteps, noisy=noisy)
+
+    def make_inference_burst(
+        self, batch: int, timesteps: int, calls: int
+    ) -> Callable[[], float] | None:
+        self._counter += 1
+        key = f"infer-{self._counter}"
+        made = self.request(
+            cmd="make", key=key, kind="infer", batch=batch, timesteps=timesteps, noisy=False
+        )
+        if not made["supported"]:
+            return None
+
+        def burst() -> float:
+            return statistics.median(self.request(cmd="run", key=key, n=calls)["times"])
+
+        return burst
 
     def make_inference(self, batch: int, timesteps: int) -> Callable[[], float] | None:
         return self._make(kind="infer", batch=batch, timesteps=timesteps, noisy=False)

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,10 +186,31 @@ def test_worker_process_runs_a_contender_and_reports_its_own_timings():
         assert remote.make_train_step(2, 10, noisy=False) is not None
         seconds = [infer() for _ in range(3)]
         assert all(isinstance(t, float) and t > 0 for t in seconds)
+        burst = remote.make_inference_burst(1, 10, calls=4)
+        assert isinstance(burst(), float) and burst() > 0
         remote.release()
     finally:
         remote.close()
     assert remote._proc.returncode == 0
+
+
+def test_a_burst_sample_is_the_median_of_consecutive_calls():
+    calls = []
+
+    class Fake(contenders_mod.Contender):
+        def make_inference(self, batch, timesteps):
+            def infer():
+                time.sleep((0.0, 0.004, 0.004, 0.02, 0.02)[len(calls)])
+                calls.append(batch)
+
+            return infer
+
+    burst = Fake("fake", contenders_mod.OURS, Options()).make_inference_burst(1, 5, calls=5)
+    median = burst()
+    assert calls == [1] * 5
+    assert 0.004 <= median < 0.02  # the middle of 0, 4, 4, 20, 20 ms
+    assert contenders_mod.Contender("x", contenders_mod.OURS, Options()).make_inference_burst(
+        1, 5, calls=3) is None
 
 
 def test_worker_reports_unavailable_contenders():
@@ -423,6 +445,7 @@ def test_a_new_contender_plugs_in_without_harness_changes():
         assert results["contenders"] == {"fake-test": "ours"}
         assert set(results["figures"]) == {
             "train_seq_per_s", "noise_overhead", "infer_latency_ms_b1", "infer_seq_per_s_b256",
+            "infer_latency_ms_b1_back_to_back",
         }
         assert results["figures"]["infer_latency_ms_b1"]["ours"]["fake-test"] >= 0
         assert results["figures"]["train_seq_per_s"]["ours"] == {}
@@ -467,7 +490,7 @@ def test_cli_quick_keras_only_writes_expected_json(tmp_path):
     assert {"meta", "figures", "timings", "memory", "skipped", "contenders"} <= set(results)
     assert set(results["figures"]) == {
         "train_seq_per_s", "noise_overhead", "infer_latency_ms_b1", "infer_seq_per_s_b256",
-        "memory_step_peak_mb_T140",
+        "infer_latency_ms_b1_back_to_back", "memory_step_peak_mb_T140",
     }
     assert "torch-loop" not in results["contenders"]
     for key in ("keras-rnn-cell", "keras-rnn-cell-xla"):
