@@ -147,8 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, ValueError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    # TensorFlow's start-up banners (oneDNN, "Could not find cuda drivers", cuInit) are
+    # dropped; anything else it prints while starting still reaches standard error.
+    from training.startup import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from export.api import export_model, missing_folders
 
     created = missing_folders(args.out)

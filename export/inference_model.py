@@ -480,9 +480,9 @@ class InferenceModel:
         if not (self.hoist and self.lipschitz_fold and _foldable_lipschitz(cell)):
             return None
         units = cell.units
-        rk = np.asarray(cell._frozen_cache["recurrent_kernel"], np.float64)
+        a_t = np.asarray(cell._frozen_cache["recurrent_kernel_a"], np.float64)
+        w_t = np.asarray(cell._frozen_cache["recurrent_kernel_w"], np.float64)
         dt = np.broadcast_to(np.asarray(cell._frozen_cache["dt"], np.float64), (units,))
-        a_t, w_t = rk[:, :units], rk[:, units:]
         m = dt[:, None] * (np.eye(units) + a_t * dt[None, :]) / dt[None, :]
         return {"M": m, "V": dt[:, None] * w_t, "dt": np.array(dt)}
 
@@ -874,7 +874,7 @@ def _foldable_lipschitz(cell: SDECell) -> bool:
         and cls.project_inputs is LipschitzCell.project_inputs
         and cell.scheme == "euler_maruyama"
         and cell._frozen_cache is not None
-        and "recurrent_kernel" in cell._frozen_cache
+        and "recurrent_kernel_a" in cell._frozen_cache
         and "dt" in cell._frozen_cache
     )
 

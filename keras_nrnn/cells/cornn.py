@@ -170,11 +170,11 @@ class CoRNNCell(SDECell):
     def precompute(self) -> dict:
         dtype = self.compute_dtype
         return {
-            # One fused matmul per step: [y | z] @ [W; W_z] = y W + z W_z.
-            "recurrent_kernel": ops.concatenate(
-                [ops.cast(self.recurrent_kernel, dtype), ops.cast(self.velocity_kernel, dtype)],
-                axis=0,
-            ),
+            # Two matmuls per step, y W + z W_z: a fused [y | z] @ [W; W_z] needs a
+            # concatenation per step and slices in its gradient, which cost more than they
+            # save (as measured for the Lipschitz cell, docs/performance.md).
+            "recurrent_kernel": ops.cast(self.recurrent_kernel, dtype),
+            "velocity_kernel": ops.cast(self.velocity_kernel, dtype),
             "kernel": ops.cast(self.kernel, dtype),
             "bias": None if self.bias is None else ops.cast(self.bias, dtype),
             "dt": self.step_size(),
@@ -202,7 +202,9 @@ class CoRNNCell(SDECell):
         """
         dt = cache["dt"]
         drive = self.activation(
-            ops.matmul(ops.concatenate([y, z], axis=-1), cache["recurrent_kernel"]) + projected
+            ops.matmul(y, cache["recurrent_kernel"])
+            + ops.matmul(z, cache["velocity_kernel"])
+            + projected
         )
         acc = drive - self.gamma * y - self.epsilon * z
         if self.epsilon == 0.0 or not self.implicit_damping:

@@ -1,8 +1,8 @@
 """Structure of the traced TensorFlow graph of an RNN over the cells.
 
 - A and W are formed once per sequence: the ops that build them from M_A, M_W (transpose,
-  eye, the [A^T | W^T] concatenation) are in the outer graph, none in the `tf.while_loop`
-  body, which has exactly the two matmuls of one step and (in inference) reads no variable;
+  eye) are in the outer graph, none in the `tf.while_loop` body, which has exactly the
+  three matmuls of one step (x U, h A^T, h W^T) and (in inference) reads no variable;
 - inference mode has no random op anywhere (nor a variable write: the seed generator does
   not advance); training mode draws inside the loop body, fresh at every step.
 """
@@ -60,10 +60,12 @@ def test_a_and_w_formed_outside_the_loop(training, scheme):
     (body,) = while_bodies(functions)
     for op in FORMING_OPS:
         assert body[op] == 0, (op, body)
-    assert body["MatMul"] == 2, body  # h @ [A^T | W^T] and x @ U, nothing else
+    assert body["MatMul"] == 3, body  # h @ A^T, h @ W^T and x @ U, nothing else
     if not training:
         # No weight is read per step: U, b and the learnable dt come from the cache too.
         assert body["ReadVariableOp"] == 0, body
+        # Nor is a product sliced: a fused h @ [A^T | W^T] and its slices were slower.
+        assert body["StridedSlice"] == 0, body
 
 
 def test_stacked_and_bidirectional_also_form_once():
@@ -77,8 +79,8 @@ def test_stacked_and_bidirectional_also_form_once():
         bodies = while_bodies(functions)
         for body in bodies:
             assert all(body[op] == 0 for op in FORMING_OPS), body
-        # Two matmuls per cell per step.
-        assert sum(body["MatMul"] for body in bodies) == 4
+        # Three matmuls per cell per step.
+        assert sum(body["MatMul"] for body in bodies) == 6
 
 
 @pytest.mark.parametrize("scheme", ["euler_maruyama", "tamed", "research"])
