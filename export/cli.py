@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     # TensorFlow's start-up banners (oneDNN, "Could not find cuda drivers", cuInit) are
     # dropped; anything else it prints while starting still reaches standard error.
-    from training.startup import import_tensorflow_quietly
+    from tf_startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from export.api import export_model, missing_folders

@@ -570,8 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnalyzeError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_REFUSED
+    from tf_startup import import_tensorflow_quietly
     from training.data import DataIntegrityError, DataUnavailableError
-    from training.startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     try:

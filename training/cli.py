@@ -7,7 +7,7 @@ default output folder name.
 
 Nothing here imports TensorFlow at module level: `--help` and every argument error except an
 unknown model name are answered without it. Model names are checked last, through
-`training.models` (which imports Keras), after `training.startup.import_tensorflow_quietly`.
+`training.models` (which imports Keras), after `tf_startup.import_tensorflow_quietly`.
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ def check_model_names(parser: argparse.ArgumentParser, models: Sequence[str]) ->
         parser: from `build_parser` (for the error exit).
         models: model names.
     """
-    from training.startup import import_tensorflow_quietly
+    from tf_startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from training.models import model_names

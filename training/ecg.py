@@ -35,7 +35,7 @@ not a run folder is never written into or deleted.
 Errors of the operator (a bad flag, `--out` a file or not writable, `--data-dir` missing, a
 corrupt data file) are one line on stderr and exit status 2; an interruption exits with 3.
 TensorFlow is imported after the arguments are parsed, without its start-up banners
-(`training.startup`).
+(`tf_startup`).
 """
 
 from __future__ import annotations
@@ -479,11 +479,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(["--units", "0"])  # doctest: +SKIP
     2
     """
+    from tf_startup import import_tensorflow_quietly
     from training import cli
     from training.data import DataIntegrityError, DataUnavailableError
     from training.distribute import DistributeConfigError, configure_cpu_replicas
     from training.run_folder import RunFolderError
-    from training.startup import import_tensorflow_quietly
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_ecg_parser()

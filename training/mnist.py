@@ -773,11 +773,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(["--task", "spiral"])  # doctest: +SKIP
     2
     """
+    from tf_startup import import_tensorflow_quietly
     from training.data.mnist import DataIntegrityError, DataUnavailableError
     from training.distribute import DistributeConfigError, configure_cpu_replicas
     from training.ecg import EXIT_INTERRUPTED, EXIT_REFUSED, _message
     from training.run_folder import RunFolderError
-    from training.startup import import_tensorflow_quietly
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -91,7 +91,7 @@ def train(out: Path) -> dict:
 if __name__ == "__main__":
     # Only when run as a script (pytest's doctest collection imports this file too): the
     # logical devices must be set before TensorFlow initialises them.
-    from training.startup import import_tensorflow_quietly
+    from tf_startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from training import distribute

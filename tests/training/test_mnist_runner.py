@@ -248,7 +248,7 @@ def test_strategy_mirrored_trains_through_tf_distribute(tmp_path, npz_dir):
 
 def test_argument_errors_answer_before_tensorflow_is_imported():
     """As for training.ecg: a bad flag is refused without importing TensorFlow (whose import,
-    later, goes through training.startup and prints no banners)."""
+    later, goes through tf_startup and prints no banners)."""
     import subprocess
     import sys
 

@@ -1,5 +1,7 @@
 """Quiet TensorFlow start-up for the command-line tools (stdlib only; imports TensorFlow lazily).
 
+Shared by `training` and `export` (which must not import `training`).
+
 On a machine without a GPU, importing TensorFlow 2.21 and its first device query print banners
 that no environment variable silences: absl's "All log messages before absl::InitializeLog()"
 warning, the oneDNN notice and "Could not find cuda drivers" (both twice, once per TensorFlow
