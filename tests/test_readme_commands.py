@@ -70,3 +70,18 @@ def test_test_extra_holds_every_optional_dependency_the_tests_import() -> None:
     body = test_extra.group(1)
     for needed in ("%(all)s", "%(dev)s", "%(bench)s", "%(backends)s", "scipy"):
         assert needed in body, f"[test] lacks {needed}"
+
+
+def test_any_set_of_test_folders_collects_together() -> None:
+    """`pytest tests/export tests/serving` (two folders with a conftest.py each, no
+    `__init__.py`) collects, as the whole suite does."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "tests/export", "tests/serving"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert re.search(r"^\d+ tests collected", proc.stdout, flags=re.MULTILINE), proc.stdout[-500:]
