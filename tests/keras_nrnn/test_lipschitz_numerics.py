@@ -158,9 +158,11 @@ def test_euler_maruyama_increment_mean_and_std(point, additive, multiplicative):
     # Gaussian increments: kurtosis 3 (within a few standard errors, sqrt(24 / n)).
     z = (inc - inc.mean(0)) / inc.std(0)
     np.testing.assert_array_less(np.abs((z**4).mean(0) - 3), 6 * np.sqrt(24 / n))
-    # Inference: exactly the deterministic increment, no spread at all.
+    # Inference: the deterministic increment, no spread across the identical rows beyond the
+    # matmul kernel's row-dependent rounding (1 ulp of h on torch, 6e-8), four orders of
+    # magnitude below the smallest training spread here (std_want >= 0.012).
     det = one_step(cell, h, x, training=False)
-    assert np.ptp(det, axis=0).max() == 0.0
+    assert np.ptp(det, axis=0).max() <= 1e-6 < std_want.min() / 1e3
     np.testing.assert_allclose(det[0], mean_want, rtol=1e-4, atol=1e-6)
 
 
