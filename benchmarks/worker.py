@@ -173,14 +173,16 @@ class RemoteContender(Contender):
         self._proc.stdin.flush()
         return self._read()
 
-    def _make(self, **req: Any) -> Callable[[], float] | None:
+    def _make(self, calls: int = 1, **req: Any) -> Callable[[], float] | None:
+        """Make a callable in the worker; each call of the returned function runs it `calls`
+        times back to back there and returns the median seconds of one run."""
         self._counter += 1
         key = f"{req['kind']}-{self._counter}"
         if not self.request(cmd="make", key=key, **req)["supported"]:
             return None
 
         def run() -> float:
-            return self.request(cmd="run", key=key, n=1)["times"][0]
+            return statistics.median(self.request(cmd="run", key=key, n=calls)["times"])
 
         return run
 
@@ -192,18 +194,7 @@ class RemoteContender(Contender):
     def make_inference_burst(
         self, batch: int, timesteps: int, calls: int
     ) -> Callable[[], float] | None:
-        self._counter += 1
-        key = f"infer-{self._counter}"
-        made = self.request(
-            cmd="make", key=key, kind="infer", batch=batch, timesteps=timesteps, noisy=False
-        )
-        if not made["supported"]:
-            return None
-
-        def burst() -> float:
-            return statistics.median(self.request(cmd="run", key=key, n=calls)["times"])
-
-        return burst
+        return self._make(kind="infer", batch=batch, timesteps=timesteps, noisy=False, calls=calls)
 
     def make_inference(self, batch: int, timesteps: int) -> Callable[[], float] | None:
         return self._make(kind="infer", batch=batch, timesteps=timesteps, noisy=False)
