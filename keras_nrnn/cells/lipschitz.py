@@ -132,9 +132,9 @@ class LipschitzCell(SDECell):
         dtype = self.compute_dtype
         return {
             # Two matmuls per step, h @ A^T and h @ W^T. One fused h @ [A^T | W^T] with two
-            # slices was slower: 1.8x for the training step without XLA (the slices' gradients
-            # allocate and fill a zero (batch, 2 units) each), 1.2x for SDERNN with XLA
-            # (docs/performance.md).
+            # slices was slower: 1.3x (noisy) to 1.8x (deterministic) for the training step
+            # without XLA (the slices' gradients allocate and fill a zero (batch, 2 units)
+            # each), 1.2x for noisy SDERNN with XLA (docs/performance.md).
             "recurrent_kernel_a": ops.transpose(a),
             "recurrent_kernel_w": ops.transpose(w),
             "kernel": ops.cast(self.kernel, dtype),
