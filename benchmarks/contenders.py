@@ -14,6 +14,9 @@ Built-in contenders (registered lazily: their modules are imported only when use
 | keras-rnn-cell | ours | keras | training (jit_compile=False), inference (tf.function) |
 | keras-rnn-cell-xla | ours | keras | training (jit_compile=True), inference (XLA tf.function) |
 | keras-rnn-cell-predict | ours | keras | inference via model.predict (reference only) |
+| keras-sdernn-xla | ours | keras | `SDERNN` (fast path), jit_compile=True: all figures |
+| keras-sdernn | ours | keras | `SDERNN`, jit_compile=False: training, inference |
+| keras-sdernn-bf16 | ours | keras | `SDERNN`, jit_compile=False, mixed_bfloat16: training only |
 | savedmodel | ours | exported | inference of `--savedmodel DIR` |
 | onnx | ours | exported | inference of `--onnx FILE` with onnxruntime |
 | onnx-1thread | ours | exported | the same, 1 intra-op thread (the server's setting) |
@@ -291,7 +294,11 @@ def _register_builtins() -> None:
         ContenderSpec(
             "keras-sdernn", OURS, "keras", "benchmarks.keras_side:create",
             "keras_nrnn.SDERNN(NoisyLipschitzCell) (fast path), compile(jit_compile=False)",
-            default=False,
+        ),
+        ContenderSpec(
+            "keras-sdernn-bf16", OURS, "keras", "benchmarks.keras_side:create",
+            "keras-sdernn under the mixed_bfloat16 policy (training only; oneDNN's bf16 "
+            "matmuls, AMX where the CPU has it)",
         ),
         ContenderSpec(
             "keras-rnn-cell-predict", OURS, "keras", "benchmarks.keras_side:create",

@@ -46,7 +46,12 @@ def random_batch(batch: int, timesteps: int, config: ECGConfig, seed: int) -> tu
 
 
 def build_model(
-    config: ECGConfig, timesteps: int, noisy: bool, seed: int, layer: str = "rnn"
+    config: ECGConfig,
+    timesteps: int,
+    noisy: bool,
+    seed: int,
+    layer: str = "rnn",
+    precision: str = "float32",
 ) -> Any:
     """The user-level Sequential model (noisy or deterministic cell) for sequences of length T.
 
@@ -57,6 +62,9 @@ def build_model(
         seed: seed of the noise generator and of the weights.
         layer: `"rnn"` (`keras.layers.RNN(cell)`, what users write first) or `"sdernn"`
             (`keras_nrnn.SDERNN(cell)`, the library's fast path).
+        precision: the dtype policy the model is built under, as `training.ecg --precision`
+            sets it (`"float32"`, `"mixed_bfloat16"`, ...); the logits layer stays float32.
+            The global policy is restored afterwards.
 
     Returns:
         An uncompiled `keras.Sequential`.
@@ -69,9 +77,20 @@ def build_model(
     """
     import keras
 
+    keras.utils.set_random_seed(seed)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        return _sequential(config, timesteps, noisy, seed, layer)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _sequential(config: ECGConfig, timesteps: int, noisy: bool, seed: int, layer: str) -> Any:
+    import keras
+
     from keras_nrnn import SDERNN, LipschitzCell, NoisyLipschitzCell
 
-    keras.utils.set_random_seed(seed)
     common = dict(dt=config.dt, beta=config.beta, gamma_a=config.gamma_a, gamma_w=config.gamma_w)
     if noisy:
         cell = NoisyLipschitzCell(
@@ -87,7 +106,7 @@ def build_model(
         [
             keras.Input((timesteps, config.input_dim)),
             SDERNN(cell) if layer == "sdernn" else keras.layers.RNN(cell),
-            keras.layers.Dense(config.num_classes),
+            keras.layers.Dense(config.num_classes, dtype="float32"),
         ]
     )
 
@@ -101,6 +120,9 @@ class KerasCellContender(Contender):
         jit_compile: XLA for training (`compile(jit_compile=...)`) and for inference.
         inference: "function" (a `tf.function` calling the model with training=False) or
             "predict" (`model.predict`, reference only; no training step).
+        layer: `"rnn"` or `"sdernn"` (see `build_model`).
+        precision: dtype policy of the model (see `build_model`); a contender other than
+            float32 measures training only (what is exported and served is float32).
     """
 
     def __init__(
@@ -110,6 +132,7 @@ class KerasCellContender(Contender):
         jit_compile: bool,
         inference: str = "function",
         layer: str = "rnn",
+        precision: str = "float32",
     ) -> None:
         super().__init__(name, OURS, options)
         if inference not in ("function", "predict"):
@@ -119,6 +142,7 @@ class KerasCellContender(Contender):
         self.jit_compile = jit_compile
         self.inference = inference
         self.layer = layer
+        self.precision = precision
 
     def make_train_step(
         self, batch: int, timesteps: int, noisy: bool = True
@@ -129,7 +153,7 @@ class KerasCellContender(Contender):
         import tensorflow as tf
 
         cfg = self.options.config
-        model = build_model(cfg, timesteps, noisy, self.options.seed, self.layer)
+        model = build_model(cfg, timesteps, noisy, self.options.seed, self.layer, self.precision)
         model.compile(
             optimizer="adam",
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -143,7 +167,9 @@ class KerasCellContender(Contender):
 
         return step
 
-    def make_inference(self, batch: int, timesteps: int) -> Callable[[], object]:
+    def make_inference(self, batch: int, timesteps: int) -> Callable[[], object] | None:
+        if self.precision != "float32":
+            return None
         import tensorflow as tf
 
         cfg = self.options.config
@@ -170,7 +196,8 @@ class KerasCellContender(Contender):
 
 
 def create(name: str, options: Options) -> Contender:
-    """Contender factory for the registry (`keras-rnn-cell`, `-xla`, `-predict`).
+    """Contender factory for the registry (`keras-rnn-cell`, `-xla`, `-predict`,
+    `keras-sdernn`, `-xla`, `-bf16`).
 
     Raises:
         ContenderUnavailableError: keras_nrnn's cells cannot be imported yet.
@@ -193,6 +220,7 @@ def create(name: str, options: Options) -> Contender:
         "keras-rnn-cell-predict": dict(jit_compile=False, inference="predict"),
         "keras-sdernn": dict(jit_compile=False, layer="sdernn"),
         "keras-sdernn-xla": dict(jit_compile=True, layer="sdernn"),
+        "keras-sdernn-bf16": dict(jit_compile=False, layer="sdernn", precision="mixed_bfloat16"),
     }
     if name not in variants:
         raise ValueError(

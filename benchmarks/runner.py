@@ -15,6 +15,7 @@ from pathlib import Path
 from benchmarks.config import ECG
 from benchmarks.contenders import (
     BASELINE,
+    OURS,
     Contender,
     ContenderUnavailableError,
     Options,
@@ -24,6 +25,7 @@ from benchmarks.contenders import (
 from benchmarks.harness import (
     HIGHER_IS_BETTER,
     LOWER_IS_BETTER,
+    Timing,
     format_number,
     format_table,
     log,
@@ -360,6 +362,47 @@ def run_training(
         sides,
         note="each side's own ratio; ours/baseline compares the two overheads",
     )
+    results["figures"].update(precision_figures(timings, steps, suffix))
+
+
+#: The float32 and mixed_bfloat16 contenders of the precision figures: same layer, same path.
+PRECISION_PAIR = ("keras-sdernn", "keras-sdernn-bf16")
+
+
+def precision_figures(
+    timings: Mapping[str, Timing], steps: int, suffix: str = ""
+) -> dict[str, dict]:
+    """mixed_bfloat16 against float32 on the same path (`PRECISION_PAIR`): training throughput
+    of the noisy and of the deterministic step, float32 as the baseline (ratio > 1: bf16 is
+    faster). Figures whose two timings are not both present are left out.
+
+    Example:
+
+    >>> from benchmarks.harness import Timing
+    >>> t = {"keras-sdernn": Timing("a", [0.04], 128),
+    ...      "keras-sdernn-bf16": Timing("b", [0.02], 128)}
+    >>> figures = precision_figures(t, 140)
+    >>> list(figures), figures["bf16_speedup"]["ratio"]
+    (['bf16_speedup'], {'keras-sdernn-bf16': 2.0})
+    """
+    f32, bf16 = PRECISION_PAIR
+    figures = {}
+    for variant, label in (("", "noisy"), (DETERMINISTIC_SUFFIX, "deterministic")):
+        base, ours = timings.get(f32 + variant), timings.get(bf16 + variant)
+        if base is None or ours is None:
+            continue
+        key = "bf16_speedup" + ("_deterministic" if variant else "") + suffix
+        figures[key] = make_figure(
+            f"mixed_bfloat16 against float32, training throughput, {label} step, T {steps}, "
+            "SDERNN without XLA",
+            "sequences/s",
+            HIGHER_IS_BETTER,
+            {f32: base.items_per_s, bf16: ours.items_per_s},
+            {f32: BASELINE, bf16: OURS},
+            note="the baseline of this figure is our own float32 path, not PyTorch; "
+            "ratio > 1: mixed_bfloat16 trains faster",
+        )
+    return figures
 
 
 #: Consecutive batch-1 calls per sample of the back-to-back latency figure.
@@ -510,6 +553,31 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def cpu_bf16(flags: str | None = None) -> str:
+    """What the CPU offers for bfloat16 matmuls, from its flags (`/proc/cpuinfo` by default):
+    `"AMX"` (tile matmuls, Intel Sapphire Rapids and later), `"AVX-512 bf16"` (dot products,
+    e.g. AMD Zen 4) or `"none"` (bf16 emulated in float32); `"unknown"` without `/proc`.
+
+    Example:
+
+    >>> cpu_bf16("fpu avx512f avx512_bf16 amx_bf16 amx_tile"), cpu_bf16("fpu avx512_bf16")
+    ('AMX', 'AVX-512 bf16')
+    """
+    if flags is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown"
+        lines = [line for line in text.splitlines() if line.startswith("flags")]
+        flags = lines[0].split(":", 1)[1] if lines else ""
+    words = set(flags.split())
+    if "amx_bf16" in words:
+        return "AMX"
+    if "avx512_bf16" in words:
+        return "AVX-512 bf16"
+    return "none"
+
+
 def run(settings: Settings) -> dict:
     """Run every figure for the selected contenders and return the results dict.
 
@@ -559,6 +627,7 @@ def run(settings: Settings) -> dict:
         "quick": settings.quick,
         "only": settings.only or "all",
         "cpu": _cpu_model(),
+        "cpu_bf16": cpu_bf16(),
         "cpu_count": os.cpu_count(),
         "loadavg_start": list(load_start),
         "loadavg_end": list(os.getloadavg()),
@@ -595,7 +664,8 @@ def render(results: Mapping, markdown: bool) -> str:
     if markdown:
         lines += ["# keras_nrnn benchmark results", ""]
     lines.append(
-        f"{meta['started_utc']}  {meta['cpu']} ({meta['cpu_count']} CPUs), threads "
+        f"{meta['started_utc']}  {meta['cpu']} ({meta['cpu_count']} CPUs, bf16 matmuls: "
+        f"{meta.get('cpu_bf16', 'unknown')}), threads "
         f"{meta['threads']['intra_op']}/{meta['threads']['inter_op']} intra/inter-op"
         f"{_tf_inter_text(meta['threads'])}, load "
         f"{meta['loadavg_start'][0]:.2f} -> {meta['loadavg_end'][0]:.2f}, "

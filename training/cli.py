@@ -30,6 +30,7 @@ __all__ = [
     "identity",
     "identity_differences",
     "parse_args",
+    "resolve_jit",
     "resolve_precision",
 ]
 
@@ -55,6 +56,15 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except a `None` default (its help says what it means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser(
@@ -83,7 +93,7 @@ def build_parser(
     p = OneLineErrorParser(
         prog=prog,
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     g = p.add_argument_group("models")
     g.add_argument(
@@ -168,8 +178,8 @@ def build_parser(
     g.add_argument(
         "--jit",
         action=argparse.BooleanOptionalAction,
-        default=d.get("jit", False),
-        help="XLA-compile the train step (jit_compile)",
+        default=None,
+        help=f"XLA-compile the train step (jit_compile); default: {_jit_default_text(d)}",
     )
     g.add_argument(
         "--layer",
@@ -355,6 +365,32 @@ def resolve_precision(precision: str) -> str:
     import tensorflow as tf
 
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+def _jit_default_text(defaults: dict[str, Any]) -> str:
+    if not defaults.get("jit", False):
+        return "off"
+    return "on, except with --precision mixed_bfloat16 on a CPU"
+
+
+def resolve_jit(jit: bool | None, precision: str, default: bool) -> bool:
+    """`--jit` as given, else the runner's `default`, except that a `mixed_bfloat16` policy on
+    a CPU runs without XLA: XLA's CPU matmul has no fast bf16 kernel (the training step was
+    1.6x slower than float32), while TensorFlow's own ops hand bf16 matmuls to oneDNN, which
+    uses the CPU's bf16 instructions (AVX-512 bf16, AMX); docs/performance.md has the figures.
+
+    Example:
+
+    >>> resolve_jit(None, "float32", True), resolve_jit(False, "float32", True)
+    (True, False)
+    """
+    if jit is not None:
+        return bool(jit)
+    if not default or precision != "mixed_bfloat16":
+        return bool(default)
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def hparams(args: argparse.Namespace) -> dict[str, Any]:

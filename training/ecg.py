@@ -177,6 +177,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     strategy, writes = distribute.runner_strategy(args)
     precision = cli.resolve_precision(args.precision)
+    args.jit = cli.resolve_jit(args.jit, precision, DEFAULTS["jit"])
     ident = cli.identity(args, precision)
     chash = cli.config_hash(ident)
     out = Path(args.out) if args.out else Path("runs") / "ecg" / f"{'+'.join(args.models)}-{chash}"

@@ -467,6 +467,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     strategy, writes = distribute.runner_strategy(args)
     precision = cli.resolve_precision(args.precision)
+    args.jit = cli.resolve_jit(args.jit, precision, DEFAULTS["jit"])
     entries = model_entries(args)
     permutation = pixel_permutation(args.permutation_seed) if args.task == "permuted" else None
     subsets = {

@@ -401,6 +401,61 @@ def test_registry_selection_and_exported_skips():
         contenders_mod.create("onnx", Options(onnx="/nonexistent/model.onnx"))
 
 
+def test_bf16_contender_trains_in_bfloat16_and_restores_the_policy():
+    """`keras-sdernn-bf16` builds the same SDERNN model under mixed_bfloat16 (bf16 compute,
+    float32 weights and logits), leaves the global policy as it was, trains, and measures no
+    inference (what is exported and served is float32)."""
+    import keras
+
+    from benchmarks.keras_side import build_model
+
+    before = keras.config.dtype_policy().name
+    model = build_model(SMALL, 5, True, 0, "sdernn", precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == before
+    rnn, logits = model.layers
+    assert rnn.cell.compute_dtype == "bfloat16" and rnn.cell.variable_dtype == "float32"
+    assert logits.compute_dtype == "float32"
+    assert model(np.zeros((2, 5, 1), "float32")).dtype == "float32"
+    contender = contenders_mod.create("keras-sdernn-bf16", Options(config=SMALL))
+    assert contender.make_inference(2, 5) is None
+    loss = contender.make_train_step(4, 5, noisy=True)()
+    assert np.isfinite(float(np.asarray(loss).ravel()[0]))
+    contender.release()
+
+
+def test_precision_figures_compare_bf16_with_float32_on_the_same_path():
+    t = {
+        "keras-sdernn": harness.Timing("a", [0.040], 128),
+        "keras-sdernn/deterministic": harness.Timing("a", [0.030], 128),
+        "keras-sdernn-bf16": harness.Timing("b", [0.050], 128),
+        "keras-sdernn-bf16/deterministic": harness.Timing("b", [0.020], 128),
+        "torch-loop": harness.Timing("t", [0.080], 128),
+    }
+    figures = runner.precision_figures(t, 784, suffix="_T784")
+    assert set(figures) == {"bf16_speedup_T784", "bf16_speedup_deterministic_T784"}
+    noisy = figures["bf16_speedup_T784"]
+    assert noisy["baseline"] == {"name": "keras-sdernn", "value": pytest.approx(3200.0)}
+    assert noisy["ratio"] == {"keras-sdernn-bf16": pytest.approx(0.8)}
+    assert noisy["verdict"]["keras-sdernn-bf16"] == "worse"
+    assert figures["bf16_speedup_deterministic_T784"]["ratio"]["keras-sdernn-bf16"] == (
+        pytest.approx(1.5)
+    )
+    assert "T 784" in noisy["title"] and "float32" in noisy["note"]
+    del t["keras-sdernn-bf16/deterministic"]
+    assert set(runner.precision_figures(t, 140)) == {"bf16_speedup"}
+    assert runner.precision_figures({"torch-loop": t["torch-loop"]}, 140) == {}
+
+
+def test_cpu_bf16_reads_the_flags():
+    assert runner.cpu_bf16("fpu sse avx512f avx512_bf16 amx_tile amx_bf16 amx_int8") == "AMX"
+    assert runner.cpu_bf16("fpu avx512f avx512_bf16") == "AVX-512 bf16"
+    assert runner.cpu_bf16("fpu avx2") == "none"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert runner.cpu_bf16() == ("unknown" if not flags else runner.cpu_bf16(
+        next(line for line in flags.splitlines() if line.startswith("flags")).split(":", 1)[1]
+    ))
+
+
 def test_onnx_contenders_thread_settings(tmp_path):
     """`onnx` uses the harness's intra-op threads, `onnx-1thread` one (the server's setting);
     both run the file."""
@@ -490,9 +545,14 @@ def test_cli_quick_keras_only_writes_expected_json(tmp_path):
     assert {"meta", "figures", "timings", "memory", "skipped", "contenders"} <= set(results)
     assert set(results["figures"]) == {
         "train_seq_per_s", "noise_overhead", "infer_latency_ms_b1", "infer_seq_per_s_b256",
-        "infer_latency_ms_b1_back_to_back", "memory_step_peak_mb_T140",
+        "infer_latency_ms_b1_back_to_back", "memory_step_peak_mb_T140", "bf16_speedup",
+        "bf16_speedup_deterministic",
     }
     assert "torch-loop" not in results["contenders"]
+    assert results["figures"]["bf16_speedup"]["ratio"]["keras-sdernn-bf16"] > 0
+    assert "keras-sdernn-bf16" not in results["figures"]["infer_latency_ms_b1"]["ours"]
+    assert results["meta"]["cpu_bf16"] in ("AMX", "AVX-512 bf16", "none", "unknown")
+    assert f"bf16 matmuls: {results['meta']['cpu_bf16']}" in proc.stdout
     for key in ("keras-rnn-cell", "keras-rnn-cell-xla"):
         assert results["figures"]["train_seq_per_s"]["ours"][key] > 0
         assert results["figures"]["noise_overhead"]["ours"][key] > 0

@@ -234,3 +234,41 @@ def test_default_run_uses_paper_configuration():
     assert (args.lr, args.batch_size, args.epochs) == (1e-3, 128, ecg.DEFAULT_EPOCHS)
     assert args.lr_decay_epoch == round(0.9 * ecg.DEFAULT_EPOCHS) + 1
     assert args.precision == "auto" and args.seeds == 1
+
+
+def test_jit_default_follows_the_precision():
+    """XLA by default, but not for mixed_bfloat16 on a CPU (XLA's CPU matmul has no fast bf16
+    kernel); an explicit `--jit`/`--no-jit` always wins."""
+    import tensorflow as tf
+
+    from training import cli
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert cli.resolve_jit(None, "float32", True) is True
+    assert cli.resolve_jit(None, "mixed_float16", True) is True
+    assert cli.resolve_jit(None, "mixed_bfloat16", True) is gpu
+    assert cli.resolve_jit(True, "mixed_bfloat16", True) is True
+    assert cli.resolve_jit(False, "float32", True) is False
+    assert cli.resolve_jit(None, "float32", False) is False
+    assert cli.parse_args(ecg.build_ecg_parser(), []).jit is None  # resolved by the run
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_run_trains_in_bfloat16_without_xla_on_a_cpu(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the bf16 default without XLA is for CPUs; this machine has a GPU")
+    out = tmp_path / "bf16"
+    assert ecg.main(tiny_args(out, "--precision", "mixed_bfloat16", epochs=1)) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["identity"]["precision"] == "mixed_bfloat16"
+    assert config["jit_compile"] is False
+    assert keras.config.dtype_policy().name == "float32"  # the run restores the policy
+    model = keras.saving.load_model(out / "seed-0" / "model.keras")
+    rnn = next(layer for layer in model.layers if hasattr(layer, "cell"))
+    assert rnn.cell.compute_dtype == "bfloat16" and rnn.cell.variable_dtype == "float32"
+    assert model.get_layer("logits").compute_dtype == "float32"
+    clean = json.loads((out / "results.json").read_text())["models"]["nrnn"]["mean"]["clean"]
+    assert 0.0 <= clean <= 1.0
