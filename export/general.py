@@ -375,6 +375,12 @@ def _same_batch(value, batch, name: str, first: str, size: int | None = None):
     `tf.debugging.assert_equal` gives TensorFlow users a clear message; the `tf.reshape` to
     `[batch, ...]` also fails in runtimes that drop asserts (onnxruntime: the element
     counts differ), so a mismatched batch can never broadcast into a plausible answer.
+
+    The value and the batch pass through identities that depend on the check, so every op
+    that uses them runs after it and the check's message is the one a caller sees. (A
+    control dependency on the reshape's constant dims is not enough: Grappler drops the
+    control inputs of constants, and the model's own ops then raced the check, e.g. a
+    `ConcatV2` failing first with "dimension 0 in both shapes must be equal".)
     """
     check = tf.debugging.assert_equal(
         tf.shape(value)[0],
@@ -382,9 +388,11 @@ def _same_batch(value, batch, name: str, first: str, size: int | None = None):
         message=f"input {name!r} must have the batch size of input {first!r}",
     )
     with tf.control_dependencies([check]):
-        shape = [batch, *(value.shape[1:] if size is None else [size])]
-        shape = [d if d is not None else -1 for d in shape]
-        return tf.reshape(value, tf.stack(shape))
+        value = tf.identity(value)
+        batch = tf.identity(batch)
+    shape = [batch, *(value.shape[1:] if size is None else [size])]
+    shape = [d if d is not None else -1 for d in shape]
+    return tf.reshape(value, tf.stack(shape))
 
 
 def _named_function(name: str, fn, specs: list[tf.TensorSpec], jit_compile: bool):
