@@ -378,9 +378,10 @@ def _same_batch(value, batch, name: str, first: str, size: int | None = None):
 
     The value and the batch pass through identities that depend on the check, so every op
     that uses them runs after it and the check's message is the one a caller sees. (A
-    control dependency on the reshape's constant dims is not enough: Grappler drops the
-    control inputs of constants, and the model's own ops then raced the check, e.g. a
-    `ConcatV2` failing first with "dimension 0 in both shapes must be equal".)
+    control dependency on the reshape's constant dims alone did not hold at run time, where
+    TensorFlow's graph optimizations fold and merge constants: the model's own ops raced
+    the check, e.g. a `ConcatV2` failing first with "dimension 0 in both shapes must be
+    equal".)
     """
     check = tf.debugging.assert_equal(
         tf.shape(value)[0],
