@@ -207,11 +207,10 @@ def _consumers_before_their_batch_check(path: Path, reference: str) -> list[str]
     """Ops of the streaming signature that read an input (other than its shape) without
     waiting for that input's batch check against `reference` (the input whose batch the
     others must have; its own readers need not wait): each could fail first on a mismatched
-    batch, with
-    the model's own message instead of the check's (seen once in CI: a `ConcatV2` of the
-    multi-input model). Checked in the traced function and in the graph as Grappler optimizes
-    it. "Waiting" must not go through a constant: optimizers may drop or merge a constant's
-    control inputs (the check used to hang on the reshape's constant dims)."""
+    batch, with the model's own message instead of the check's (seen once in CI: a
+    `ConcatV2` of the multi-input model). Checked in the traced function and in the graph as
+    Grappler optimizes it. "Waiting" must not go through a constant: a control dependency on
+    the reshape's constant dims alone did not hold at run time."""
     from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
     from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
     from tensorflow.python.grappler import tf_optimizer
